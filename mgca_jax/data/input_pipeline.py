@@ -1,0 +1,106 @@
+"""tf.data input pipelines: one path for the embedded scenes and for CC3M.
+
+Training input holds only what `config.input.pp_train` keeps: never the
+evaluation masks. Each process reads its own slice of the split. Shuffling and
+augmentation are deterministic given `config.seed`, so a run resumed at step s
+sees exactly the batches it would have seen (the reader skips s * local_batch
+examples before decoding; docs/method.md, "Input").
+"""
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mgca_jax.data import ops
+from mgca_jax.data.lexicon import DEFAULT_LEXICON, Lexicon, get_extractor
+from mgca_jax.data.tokenizer import Tokenizer, train_tokenizer
+
+EMBEDDED = "mgca_scenes"
+
+
+def get_builder(config):
+    """The data set builder named by config.data, prepared (the embedded one is generated)."""
+    data_dir = config.data_dir
+    if config.data.name == EMBEDDED:
+        from mgca_jax.data import scenes_builder
+        return scenes_builder.build(data_dir, config.data.config_name)
+    if config.data.name == "cc3m":
+        from mgca_jax.data import cc3m_builder  # noqa: F401  (registers the builder)
+    builder = tfds.builder(config.data.name, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"config.data_dir: no prepared '{config.data.name}' data set under {data_dir} "
+            "(build it first; see README 'Training on CC3M')")
+    return builder
+
+
+def _skip_image_decoding(builder):
+    """Images stay encoded until the `decode` op: skipping examples stays cheap."""
+    return {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
+            if isinstance(f, tfds.features.Image)}
+
+
+def _captions(builder, split="train"):
+    ds = builder.as_dataset(split=split, decoders=_skip_image_decoding(builder), shuffle_files=False)
+    for ex in ds.map(lambda e: e["caption"]).as_numpy_iterator():
+        yield ex.decode("utf-8")
+
+
+def get_tokenizer(config, builder) -> Tokenizer:
+    """config.input.tokenizer, or (if empty) one trained on the train captions and cached."""
+    path = config.input.tokenizer
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config.input.tokenizer: file {path} does not exist")
+        return Tokenizer(path)
+    cache = os.path.join(builder.data_dir, f"spm_{config.input.vocab_size}.model")
+    if not os.path.isfile(cache):
+        print(f"training tokenizer on {builder.name} captions -> {cache}", flush=True)
+        train_tokenizer(_captions(builder), cache, config.input.vocab_size)
+    return Tokenizer(cache)
+
+
+def make_context(config, tokenizer) -> ops.Context:
+    lexicon = Lexicon(config.input.get("lexicon") or DEFAULT_LEXICON)
+    return ops.Context(tokenizer=tokenizer, lexicon=lexicon,
+                       extractor=get_extractor(config.input.object_extractor, lexicon),
+                       object_template=config.input.object_template)
+
+
+def _add_seed(seed):
+    def fn(index, ex):
+        ex = dict(ex)
+        ex["_seed"] = tf.stack([tf.constant(seed, tf.int64), index])
+        return ex
+    return fn
+
+
+def train_dataset(config, builder, ctx, start_step=0, process_index=0, process_count=1):
+    """Infinite dataset of local batches (global batch / process count)."""
+    local_batch = config.batch_size // process_count
+    split = tfds.even_splits(config.data.train_split, n=process_count, drop_remainder=True)[process_index]
+    read_config = tfds.ReadConfig(shuffle_seed=config.seed, interleave_cycle_length=4,
+                                  add_tfds_id=False)
+    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
+                            decoders=_skip_image_decoding(builder))
+    ds = ds.repeat().shuffle(config.input.shuffle_buffer, seed=config.seed + process_index)
+    ds = ds.enumerate().map(_add_seed(config.seed * 1000 + process_index))
+    ds = ds.skip(start_step * local_batch)
+    ds = ds.map(ops.build(config.input.pp_train.format(**config.input), ctx), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(config, builder, ctx, split=None, batch_size=None):
+    """Finite, ordered validation batches (last batch may be smaller)."""
+    split = split or config.data.eval_split
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=_skip_image_decoding(builder))
+    ds = ds.map(ops.build(config.input.pp_eval, ctx), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.batch(batch_size or config.eval.batch_size).prefetch(2)
+
+
+def as_numpy(ds):
+    for batch in ds.as_numpy_iterator():
+        yield {k: np.asarray(v) for k, v in batch.items()}

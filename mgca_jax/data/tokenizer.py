@@ -1,0 +1,90 @@
+"""SentencePiece tokenizer: training (CLI) and in-graph use with tensorflow-text.
+
+Ids: 0 pad, 1 unk, 2 bos, 3 eos. A tokenised sequence is [bos, pieces..., eos]
+padded with 0 to max_len (pieces are truncated so eos always fits).
+
+Train on a caption file (one caption per line):
+  python -m mgca_jax.data.tokenizer --input=captions.txt --output=spm.model --vocab_size=16000
+"""
+import io
+import os
+import sys
+import tempfile
+from typing import Iterable
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+def train_tokenizer(captions: Iterable[str], output: str, vocab_size: int) -> str:
+    """Trains a unigram SentencePiece model and writes it atomically to `output`."""
+    import sentencepiece as spm
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size,
+        model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, normalization_rule_name="nmt_nfkc_cf",
+        minloglevel=2, num_threads=os.cpu_count() or 1)
+    out_dir = os.path.dirname(os.path.abspath(output))
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out_dir, delete=False, suffix=".tmp") as f:
+        f.write(model.getvalue())
+    os.replace(f.name, output)
+    return output
+
+
+class Tokenizer:
+    """Wraps one SentencePiece model for Python and for tf.data graphs."""
+
+    def __init__(self, model_path: str):
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"tokenizer model {model_path} does not exist")
+        with open(model_path, "rb") as f:
+            self.model_bytes = f.read()
+        import sentencepiece as spm
+        self._sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
+        self.model_path = model_path
+        self._tf = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def encode(self, text: str, max_len: int) -> list[int]:
+        ids = self._sp.encode(text)[: max_len - 2]
+        return ([BOS] + ids + [EOS] + [PAD] * max_len)[:max_len]
+
+    def decode(self, ids) -> str:
+        return self._sp.decode([int(i) for i in ids if int(i) > EOS])
+
+    def tf_tokenize(self, text, max_len: int):
+        """Scalar or [n] string tensor -> int32 [max_len] or [n, max_len] (for tf.data)."""
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+        if self._tf is None:
+            self._tf = tf_text.SentencepieceTokenizer(model=self.model_bytes, out_type=tf.int32)
+        text = tf.convert_to_tensor(text)
+        scalar = text.shape.rank == 0
+        ids = self._tf.tokenize(tf.reshape(text, [-1]))[:, : max_len - 2]
+        n = tf.shape(ids.row_lengths())[0]
+        ids = tf.concat([tf.fill([n, 1], BOS), ids, tf.fill([n, 1], EOS)], axis=1)
+        ids = ids.to_tensor(default_value=PAD, shape=[None, max_len])
+        return ids[0] if scalar else ids
+
+
+def main(argv):
+    import argparse
+    parser = argparse.ArgumentParser(description="Train a SentencePiece tokenizer on captions.")
+    parser.add_argument("--input", required=True, help="text file, one caption per line")
+    parser.add_argument("--output", required=True, help="where to write the .model file")
+    parser.add_argument("--vocab_size", type=int, default=16000)
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.input):
+        sys.exit(f"error: --input {args.input} does not exist")
+    with open(args.input, encoding="utf-8") as f:
+        captions = [line.strip() for line in f if line.strip()]
+    train_tokenizer(captions, args.output, args.vocab_size)
+    print(f"wrote {args.output} ({Tokenizer(args.output).vocab_size} pieces from {len(captions)} captions)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

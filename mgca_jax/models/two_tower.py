@@ -1,0 +1,74 @@
+"""Two-tower model: ViT + text Transformer, projected into one joint space.
+
+All outputs are unnormalised joint-space vectors; the losses and the inference
+code normalise them. Shapes (B images, N patches, L tokens, K object words,
+E joint dim):
+  patch_embed [B, N, E], image_embed [B, E]  (image_embed = mean of patch_embed)
+  token_embed [B, L, E], text_embed [B, E], token_mask [B, L]
+  object_embed [B, K, E] (object-word prompts through the text tower)
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from mgca_jax.models.text import TextTransformer
+from mgca_jax.models.vit import ViT
+
+MAX_LOGIT_SCALE = 100.0
+
+
+class TwoTower(nn.Module):
+    image_variant: str = "mu/8"
+    text_variant: str = "mu"
+    vocab_size: int = 1024
+    max_len: int = 32
+    embed_dim: int = 128
+    temperature_init: float = 0.07
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.image_tower = ViT(self.image_variant, self.dtype)
+        self.text_tower = TextTransformer(self.text_variant, self.vocab_size, self.max_len, self.dtype)
+        # Linear heads: the mean of projected patches is the projected mean, so
+        # dense and pooled embeddings live in one space.
+        self.image_head = nn.Dense(self.embed_dim, name="image_head")
+        self.text_head = nn.Dense(self.embed_dim, name="text_head")
+        self.log_logit_scale = self.param(
+            "log_logit_scale", nn.initializers.constant(np.log(1.0 / self.temperature_init)), ())
+
+    def logit_scale(self):
+        return jnp.minimum(jnp.exp(self.log_logit_scale), MAX_LOGIT_SCALE)
+
+    def encode_image(self, images):
+        out = self.image_tower(images)
+        patch_embed = self.image_head(out["patches"]).astype(jnp.float32)
+        return {"patch_embed": patch_embed, "image_embed": patch_embed.mean(axis=1),
+                "grid": out["grid"]}
+
+    def encode_text(self, tokens):
+        out = self.text_tower(tokens)
+        return {"token_embed": self.text_head(out["tokens"]).astype(jnp.float32),
+                "text_embed": self.text_head(out["pooled"]).astype(jnp.float32),
+                "token_mask": out["mask"]}
+
+    def __call__(self, batch):
+        """batch: image [B,H,W,3], tokens [B,L], optional object_tokens [B,K,Lo]."""
+        out = dict(self.encode_image(batch["image"]))
+        out.update(self.encode_text(batch["tokens"]))
+        if "object_tokens" in batch:
+            b, k, lo = batch["object_tokens"].shape
+            obj = self.encode_text(batch["object_tokens"].reshape(b * k, lo))
+            out["object_embed"] = obj["text_embed"].reshape(b, k, -1)
+        out["logit_scale"] = self.logit_scale()
+        return out
+
+
+def make_model(config) -> TwoTower:
+    """Builds the model from `config.model` and the tokenizer's vocab size."""
+    m = config.model
+    return TwoTower(image_variant=m.image_variant, text_variant=m.text_variant,
+                    vocab_size=m.vocab_size, max_len=config.input.max_len,
+                    embed_dim=m.embed_dim, temperature_init=m.temperature_init,
+                    dtype=jnp.dtype(m.get("dtype", "float32")))

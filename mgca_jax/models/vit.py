@@ -1,0 +1,94 @@
+"""Vision Transformer image tower, with variants by name ("mu/8", "S/16", "B/16").
+
+A variant string is "<size>/<patch>". The tower returns the dense patch features
+(the grid MGCA aligns with pixels and objects) and a pooled feature (mean of the
+patches, so the pooled embedding is the average of the dense ones; see
+docs/method.md, "Image tower").
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# width, depth, mlp_dim, heads. "mu" is a micro size for CPU demos and tests.
+SIZES = {
+    "mu": dict(width=128, depth=4, mlp_dim=384, num_heads=4),
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+}
+
+
+class UnknownVariantError(ValueError):
+    pass
+
+
+def parse_variant(variant: str) -> dict:
+    """"S/16" -> dict(width=384, depth=12, mlp_dim=1536, num_heads=6, patch=16)."""
+    size, _, patch = str(variant).partition("/")
+    if size not in SIZES or not patch.isdigit() or int(patch) <= 0:
+        raise UnknownVariantError(
+            f"unknown ViT variant {variant!r}; expected '<size>/<patch>' with size in "
+            f"{sorted(SIZES)}, e.g. 'S/16'")
+    return dict(SIZES[size], patch=int(patch))
+
+
+class MlpBlock(nn.Module):
+    mlp_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(x)
+        x = nn.gelu(x)
+        return nn.Dense(width, dtype=self.dtype, name="fc2")(x)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN Transformer block; `mask` is [B, 1, L, L] or None."""
+    mlp_dim: int
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        y = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, name="attn")(y, y, mask=mask)
+        x = x + y
+        y = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
+        return x + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(y)
+
+
+class Encoder(nn.Module):
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        for i in range(self.depth):
+            x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, name=f"block{i:02d}")(x, mask)
+        return nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+
+
+class ViT(nn.Module):
+    """images [B, H, W, 3] -> {"patches": [B, h*w, width], "pooled": [B, width], "grid": (h, w)}."""
+    variant: str = "mu/8"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        cfg = parse_variant(self.variant)
+        p = cfg["patch"]
+        x = nn.Conv(cfg["width"], (p, p), strides=(p, p), padding="VALID",
+                    dtype=self.dtype, name="embedding")(images.astype(self.dtype))
+        b, h, w, c = x.shape
+        x = x.reshape(b, h * w, c)
+        pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w, c))
+        x = x + pos.astype(self.dtype)
+        x = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.dtype, name="encoder")(x)
+        return {"patches": x, "pooled": x.mean(axis=1), "grid": (h, w)}

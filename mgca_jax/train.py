@@ -1,0 +1,276 @@
+"""The trainer: one readable loop around a pure, sharded `train_step`.
+
+  state = {"step", "params", "opt_state"}
+  train_step(state, batch, rng) -> (state, metrics)
+
+`train_step` is jitted with explicit in/out shardings over a one-axis "data"
+mesh; the loss terms gather negatives across devices inside `jax.shard_map`
+(mgca_jax/losses.py). Checkpoints go to WORKDIR/checkpoints through orbax,
+which writes each step into a temporary directory and renames it when
+complete, so a crash never leaves a checkpoint that gets restored half-written.
+"""
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from clu import metric_writers
+
+from mgca_jax import losses, sharding
+from mgca_jax.data import input_pipeline
+from mgca_jax.evaluation import zeroshot
+from mgca_jax.models import text as text_models
+from mgca_jax.models import vit
+from mgca_jax.models.two_tower import make_model
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message is one line that names the field."""
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_config(config, num_devices: int) -> None:
+    """Raises ConfigError before anything is read or written."""
+    if config.data_dir and not os.path.isdir(config.data_dir):
+        raise ConfigError(f"config.data_dir: directory {config.data_dir} does not exist")
+    for field, parse in (("image_variant", vit.parse_variant),
+                         ("text_variant", text_models.parse_text_variant)):
+        try:
+            parse(config.model[field])
+        except vit.UnknownVariantError as e:
+            raise ConfigError(f"config.model.{field}: {e}") from None
+    for field in ("lr", "weight_decay", "grad_clip", "b2"):
+        if not _is_number(config[field]) or config[field] < 0:
+            raise ConfigError(f"config.{field}: expected a non-negative number, got {config[field]!r}")
+    for field in ("batch_size", "total_steps"):
+        if not isinstance(config[field], int) or config[field] <= 0:
+            raise ConfigError(f"config.{field}: expected a positive integer, got {config[field]!r}")
+    if config.batch_size % num_devices:
+        raise ConfigError(f"config.batch_size: global batch {config.batch_size} does not divide "
+                          f"evenly over {num_devices} devices")
+    if config.sharding.params not in ("replicated", "fsdp"):
+        raise ConfigError(f"config.sharding.params: unknown mode {config.sharding.params!r}; "
+                          "use 'replicated' or 'fsdp'")
+    try:
+        losses.active_terms(config.loss)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def make_optimizer(config):
+    """AdamW with linear warm-up and cosine decay; no decay on 1-d params."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, min(config.warmup_steps, config.total_steps - 1), config.total_steps,
+        end_value=config.lr * 0.01)
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip) if config.grad_clip else optax.identity(),
+        optax.adamw(schedule, b2=config.b2, weight_decay=config.weight_decay, mask=decay_mask))
+    return tx, schedule
+
+
+def dummy_batch(config, batch_size=1):
+    i = config.input
+    return {"image": jnp.zeros((batch_size, i.image_size, i.image_size, 3), jnp.float32),
+            "tokens": jnp.ones((batch_size, i.max_len), jnp.int32),
+            "object_tokens": jnp.ones((batch_size, i.num_objects, i.object_max_len), jnp.int32)}
+
+
+def abstract_state(model, tx, config):
+    def init():
+        params = model.init(jax.random.key(config.seed), dummy_batch(config))["params"]
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    return init, jax.eval_shape(init)
+
+
+def make_train_step(model, tx, schedule, config, mesh):
+    """The pure step; jit it with `jit_train_step`."""
+    def loss_fn(params, batch, rng):
+        out = model.apply({"params": params}, batch)
+        return losses.total_loss(out, batch, config.loss, mesh, rng)
+
+    def train_step(state, batch, rng):
+        rng = jax.random.fold_in(rng, state["step"])
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], batch, rng)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(state["step"]),
+                   "logit_scale": jnp.minimum(jnp.exp(params["log_logit_scale"]), 100.0)}
+        metrics.update({f"loss_{k}": v for k, v in terms.items()})
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return train_step, loss_fn
+
+
+def jit_train_step(train_step, state_shardings, mesh):
+    return jax.jit(train_step,
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+def checkpoint_manager(workdir, config):
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+
+
+def host_params(params):
+    """Params usable by single-host jitted code (gathered from all processes if needed)."""
+    if jax.process_count() == 1:
+        return params
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def _fmt_seconds(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class _StopFlag:
+    """Set by SIGTERM: the loop saves a checkpoint and exits at the next step."""
+    def __init__(self):
+        self.stop = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_):
+        self.stop = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def setup(config, workdir):
+    """Validated config, builder, tokenizer, model, optimizer, mesh: shared by train and tools."""
+    check_config(config, jax.device_count())
+    if not config.data_dir:
+        config.data_dir = os.path.abspath("data")
+        os.makedirs(config.data_dir, exist_ok=True)
+    builder = input_pipeline.get_builder(config)
+    tokenizer = input_pipeline.get_tokenizer(config, builder)
+    if config.model.vocab_size == -1:
+        config.model.vocab_size = tokenizer.vocab_size
+    return builder, tokenizer
+
+
+def eval_class_names(config):
+    """Class names for zero-shot evaluation: config.eval.class_names or the data set's."""
+    if config.eval.class_names:
+        return tuple(n.strip() for n in config.eval.class_names.split(","))
+    if config.data.name == input_pipeline.EMBEDDED:
+        from mgca_jax.data import scenes
+        return tuple(scenes.CLASS_NAMES)
+    return None
+
+
+def evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writer):
+    class_names = eval_class_names(config)
+    batches = input_pipeline.as_numpy(input_pipeline.eval_dataset(config, builder, ctx))
+    grid = os.path.join(workdir, f"segmentation_step{step}.png")
+    res = zeroshot.evaluate(model, host_params(params), batches, tokenizer, class_names, config,
+                            grid_path=grid if jax.process_index() == 0 else None)
+    print(f"zero-shot segmentation, step {step} ({res['seconds']:.1f}s):\n{res['table']}", flush=True)
+    writer.write_scalars(step, {"eval/miou": res["miou"]})
+    writer.write_texts(step, {"eval/per_class_iou": res["table"].replace("\n", "  \n")})
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, f"eval_step{step}.json"),
+                    {"step": step, "miou": res["miou"],
+                     "iou": dict(zip(res["label_names"], map(float, res["iou"])))})
+    return res
+
+
+def train_and_evaluate(config, workdir):
+    """Trains (resuming from WORKDIR if it holds checkpoints) and evaluates. Returns final eval."""
+    builder, tokenizer = setup(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    ctx = input_pipeline.make_context(config, tokenizer)
+    mesh = sharding.make_mesh()
+    model = make_model(config)
+    tx, schedule = make_optimizer(config)
+    init, abstract = abstract_state(model, tx, config)
+    state_sh = sharding.state_shardings(abstract, mesh, config.sharding.params)
+
+    mngr = checkpoint_manager(workdir, config)
+    latest = mngr.latest_step()
+    if latest is None:
+        state = jax.jit(init, out_shardings=state_sh)()
+    else:
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract, state_sh)
+        state = mngr.restore(latest, args=ocp.args.StandardRestore(target))
+        print(f"resumed from {mngr.directory}/{latest}", flush=True)
+    start = int(state["step"])
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    n_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
+    print(f"{n_params / 1e6:.2f}M params; {jax.device_count()} devices; "
+          f"global batch {config.batch_size}; steps {start}->{config.total_steps}", flush=True)
+
+    train_step, _ = make_train_step(model, tx, schedule, config, mesh)
+    step_fn = jit_train_step(train_step, state_sh, mesh)
+    batches = input_pipeline.as_numpy(input_pipeline.train_dataset(
+        config, builder, ctx, start, jax.process_index(), jax.process_count()))
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    rng = jax.random.key(config.seed)
+    batch_sh = sharding.batch_sharding(mesh)
+    stop = _StopFlag()
+    t0, t_last, s_last = time.time(), time.time(), start
+    result = None
+    try:
+        with jax.set_mesh(mesh):
+            for step in range(start + 1, config.total_steps + 1):
+                local = next(batches)
+                batch = {k: jax.make_array_from_process_local_data(batch_sh, v) for k, v in local.items()}
+                state, metrics = step_fn(state, batch, rng)
+                last = step == config.total_steps or stop.stop
+                if step % config.log_every == 0 or last:
+                    metrics = jax.tree.map(float, jax.device_get(metrics))
+                    now = time.time()
+                    rate = (step - s_last) / max(now - t_last, 1e-9)
+                    t_last, s_last = now, step
+                    metrics["steps_per_sec"] = rate
+                    writer.write_scalars(step, metrics)
+                    eta = (config.total_steps - step) / max(rate, 1e-9)
+                    print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}  "
+                          + "  ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items()
+                                      if k.startswith("loss_"))
+                          + f"  {rate:.2f} steps/s  ETA {_fmt_seconds(eta)}", flush=True)
+                if step % config.checkpoint_every == 0 or last:
+                    mngr.save(step, args=ocp.args.StandardSave(state))
+                if config.eval.every and step % config.eval.every == 0 and not last:
+                    evaluate(config, workdir, model, state["params"], builder, ctx, tokenizer,
+                             step, writer)
+                if stop.stop:
+                    print(f"SIGTERM: saved step {step}, exiting", flush=True)
+                    mngr.wait_until_finished()
+                    return None
+            mngr.wait_until_finished()
+            print(f"trained {config.total_steps - start} steps in {_fmt_seconds(time.time() - t0)}",
+                  flush=True)
+            if "mask" in builder.info.features:
+                result = evaluate(config, workdir, model, state["params"], builder, ctx, tokenizer,
+                                  int(state["step"]), writer)
+    finally:
+        stop.restore()
+        writer.flush()
+        mngr.close()
+    return result
