@@ -59,6 +59,11 @@ def image_text_term(out, batch, cfg, axis_name, rng):
 TERMS: dict[str, Callable] = {
     "image_text": image_text_term,
 }
+NEEDS_OBJECTS = set()  # terms that use object_embed
+
+
+def needs_objects(loss_cfg) -> bool:
+    return bool(NEEDS_OBJECTS & set(active_terms(loss_cfg)))
 
 
 def active_terms(loss_cfg) -> dict[str, float]:

@@ -94,8 +94,10 @@ def abstract_state(model, tx, config):
 
 def make_train_step(model, tx, schedule, config, mesh):
     """The pure step; jit it with `jit_train_step`."""
+    with_objects = losses.needs_objects(config.loss)
+
     def loss_fn(params, batch, rng):
-        out = model.apply({"params": params}, batch)
+        out = model.apply({"params": params}, batch, with_objects=with_objects)
         return losses.total_loss(out, batch, config.loss, mesh, rng)
 
     def train_step(state, batch, rng):

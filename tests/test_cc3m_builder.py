@@ -36,7 +36,7 @@ def _jpeg(h, w, seed):
 
 
 def _rgba_png(h, w, seed):
-    arr = np.concatenate([_rgb(h, w, seed), np.full((h, w, 1), 255, np.uint8)], axis=-1)
+    arr = np.concatenate([_rgb(h, w, seed) // 2, np.full((h, w, 1), 255, np.uint8)], axis=-1)
     arr[:, : w // 2, 3] = 0  # left half fully transparent -> white after compositing
     return _encode(Image.fromarray(arr, "RGBA"), "PNG")
 
@@ -149,7 +149,7 @@ def test_report_counts_every_planted_reason(built):
     train = report["splits"]["train"]
     assert train["dropped_by_reason"] == TRAIN_DROPPED
     assert train["converted_by_reason"] == TRAIN_CONVERTED
-    assert (train["seen"], train["kept"], train["dropped"], train["converted"]) == (21, 10, 11, 4)
+    assert (train["seen"], train["kept"], train["dropped"], train["converted"]) == (22, 10, 12, 4)
     assert train["complete"] and train["num_tars"] == 4 and train["tar_read_errors"] == 1
     per_tar = train["per_tar"]
     assert [per_tar[f"gcc-train-00000{i}.tar"]["seen"] for i in range(4)] == [9, 11, 2, 0]
@@ -210,7 +210,7 @@ def test_scan_tar_sequential_matches_parallel(built):
     paths = sorted(str(p) for p in manual.glob("gcc-train-*.tar"))
     seq = sorted((os.path.basename(p), str(k), r) for p, k, _, r in C.scan_tars(paths, CFG, 1))
     par = sorted((os.path.basename(p), str(k), r) for p, k, _, r in C.scan_tars(paths, CFG, 3))
-    assert seq == par and len(seq) == 21 + 1  # + the tar_read_error marker
+    assert seq == par and len(seq) == 22 + 1  # + the tar_read_error marker
     assert ("gcc-train-000002.tar", "None", C.TAR_READ_ERROR) in seq
 
 
@@ -254,6 +254,17 @@ def test_validate_sample_limits():
     assert reason == "ok" and Image.open(io.BytesIO(ex["image"])).size == (130, 120)
     ex, _ = C.validate_sample("k", {"jpg": big, "txt": b"x"}, C.ScanConfig(max_short_side=60))
     assert Image.open(io.BytesIO(ex["image"])).size == (65, 60)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90 degrees clockwise
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(40, 60, 1)).save(buf, format="JPEG", exif=exif.tobytes())
+    ex, reason = C.validate_sample("k", {"jpg": buf.getvalue(), "txt": b"x"}, None)
+    assert reason == "ok" and Image.open(io.BytesIO(ex["image"])).size == (40, 60)
+
+
+def test_build_missing_manual_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        C.build(tmp_path / "no_such_dir", tmp_path / "tfds")
 
 
 def _run_cli(*args):
@@ -289,7 +300,9 @@ def test_cli_builds_array_record_and_prints_table(built, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "converted_cmyk" in out and "tar errors" in out
     assert sorted(caps.read_text(encoding="utf-8").splitlines()) == sorted(STORED_CAPTION.values())
-    builder = C.Cc3m(config="default_max_short_side64_max_pixels22500",
-                     data_dir=str(tmp_path / "tfds"))
+    config = C.config_with_overrides("default", max_short_side=64, max_pixels=22500)
+    assert config.name == "default_max_short_side64_max_pixels22500"
+    builder = C.Cc3m(config=config, data_dir=str(tmp_path / "tfds"))
+    assert builder.is_prepared()
     assert builder.info.file_format.value == "array_record"
     assert builder.build_report()["splits"]["train"]["dropped_by_reason"] == TRAIN_DROPPED

@@ -354,13 +354,12 @@ def scan_tar(path: str | os.PathLike, config: Any = None
                 if parts is None:
                     continue
                 key, ext = parts
-                handle = tar.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                if key != current_key:
+                if key != current_key:  # the previous sample is complete
                     if current_key is not None:
                         yield finish(current_key, current)
                     current_key, current = key, {}
-                current[ext] = data
+                handle = tar.extractfile(member)
+                current[ext] = handle.read() if handle is not None else b""
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         print(f"warning: cannot read {os.fspath(path)} to its end ({type(exc).__name__}: {exc}); "
               f"the rest of this tar is skipped", file=sys.stderr, flush=True)
@@ -714,6 +713,9 @@ def build(manual_dir: str | os.PathLike, data_dir: str | os.PathLike,
     kwargs = {"file_format": file_format} if file_format else {}
     builder = Cc3m(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers, **kwargs)
     if not builder.is_prepared():
+        error = check_manual_dir(manual_dir)
+        if error:
+            raise FileNotFoundError(error)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir), try_download_gcs=False))
     return builder
@@ -739,6 +741,31 @@ def load_build_report(data_dir: str | os.PathLike, config: str | Cc3mConfig = "d
     return Cc3m(config=config, data_dir=data_dir).build_report()
 
 
+def _iter_captions(builder, split: str, limit: int | None) -> Iterator[str]:
+    """Captions of a split in stored order, without decoding the images."""
+    fmt = builder.info.file_format
+    if fmt is not None and getattr(fmt, "value", fmt) == "array_record":
+        # ArrayRecord has no tf.data reader in tfds; use the random-access source.
+        source = builder.as_data_source(split=split,
+                                        decoders={"image": tfds.decode.SkipDecoding()})
+        n = len(source) if limit is None else min(len(source), int(limit))
+        for start in range(0, n, 1024):
+            idx = list(range(start, min(n, start + 1024)))
+            batch = (source.__getitems__(idx) if hasattr(source, "__getitems__")
+                     else [source[i] for i in idx])
+            for ex in batch:
+                cap = ex["caption"]
+                yield cap.decode("utf-8") if isinstance(cap, bytes) else str(cap)
+        return
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders=tfds.decode.PartialDecoding({"caption": True}))
+    if limit is not None:
+        ds = ds.take(int(limit))
+    for ex in ds.batch(1024).as_numpy_iterator():
+        for cap in ex["caption"]:
+            yield cap.decode("utf-8")
+
+
 def dump_captions(data_dir: str | os.PathLike, out_path: str | os.PathLike,
                   split: str = "train", limit: int | None = None, *,
                   config: str | Cc3mConfig = "default") -> int:
@@ -748,20 +775,15 @@ def dump_captions(data_dir: str | os.PathLike, out_path: str | os.PathLike,
     is written atomically. `data_dir` as in `load_build_report`.
     """
     builder = _open_builder(data_dir, config)
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders=tfds.decode.PartialDecoding({"caption": True}))
-    if limit is not None:
-        ds = ds.take(int(limit))
     out_path = os.path.abspath(os.fspath(out_path))
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     count = 0
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(out_path),
                                      suffix=".tmp", delete=False) as f:
         try:
-            for ex in ds.batch(1024).as_numpy_iterator():
-                for cap in ex["caption"]:
-                    f.write(" ".join(cap.decode("utf-8").split()) + "\n")
-                    count += 1
+            for cap in _iter_captions(builder, split, limit):
+                f.write(" ".join(cap.split()) + "\n")
+                count += 1
         except BaseException:
             f.close()
             os.unlink(f.name)

@@ -53,11 +53,11 @@ class TwoTower(nn.Module):
                 "text_embed": self.text_head(out["pooled"]).astype(jnp.float32),
                 "token_mask": out["mask"]}
 
-    def __call__(self, batch):
+    def __call__(self, batch, with_objects: bool = True):
         """batch: image [B,H,W,3], tokens [B,L], optional object_tokens [B,K,Lo]."""
         out = dict(self.encode_image(batch["image"]))
         out.update(self.encode_text(batch["tokens"]))
-        if "object_tokens" in batch:
+        if with_objects and "object_tokens" in batch:
             b, k, lo = batch["object_tokens"].shape
             obj = self.encode_text(batch["object_tokens"].reshape(b * k, lo))
             out["object_embed"] = obj["text_embed"].reshape(b, k, -1)
