@@ -46,7 +46,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.weights = ml_collections.ConfigDict(dict(image_text=1.0))
+    c.loss.weights = ml_collections.ConfigDict(dict(image_text=1.0, object=0.0, region=0.0, pixel=0.0))
+    c.loss.object_temperature = 0.07       # <= 0: use the learnable logit scale
+    c.loss.object_attn_temperature = 0.05  # attention pooling over patches
+    c.loss.region_temperature = 0.0        # learnable, shared with image_text
+    c.loss.region_num = 8                  # M regions
+    c.loss.region_iters = 3                # soft k-means updates
+    c.loss.region_assign_temperature = 0.1
+    c.loss.region_chunk = 64               # images scored at once
+    c.loss.pixel_temperature = 0.07
+    c.loss.pixel_rule = "top_fraction"     # or "threshold"
+    c.loss.pixel_top_fraction = 0.25
+    c.loss.pixel_threshold = 0.3
+    c.loss.pixel_anchors = 16              # anchor patches per image
+    c.loss.pixel_hard_k = 8                # mined negatives per anchor / unit
+    c.loss.pixel_chunk = 1024              # units scored at once when mining
 
     c.sharding = ml_collections.ConfigDict()
     c.sharding.params = "replicated"  # or "fsdp"
@@ -65,3 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.class_names = ""           # "a,b,c"; "" = the data set's class names           # rows in the PNG grid
     return c
 
+
+
+def multi_grained_loss(c, image_text=1.0, object=1.0, region=1.0, pixel=1.0):
+    """Switches on MGCA's full objective (weights per term)."""
+    c.loss.weights = dict(image_text=image_text, object=object, region=region, pixel=pixel)
+    return c

@@ -56,10 +56,217 @@ def image_text_term(out, batch, cfg, axis_name, rng):
     return 0.5 * (i2t + t2i), n
 
 
+NEG = -1e9  # logit of an excluded candidate
+
+
+def _tau(cfg, name, out):
+    """1 / temperature for a term: fixed by config, or the learnable scale when <= 0."""
+    t = float(cfg.get(f"{name}_temperature", 0.0))
+    return out["logit_scale"] if t <= 0 else 1.0 / t
+
+
+def object_term(out, batch, cfg, axis_name, rng):
+    """Object level: text-grounded object embeddings vs the batch's object units.
+
+    z[i,k] = norm(sum_n softmax_n(p[i,n].o[i,k] / tau_attn) p[i,n]); contrasted
+    with all units o[j,l] of the global batch; units with the same word as the
+    positive (other than the positive itself) are not negatives.
+    """
+    del rng
+    p = l2_normalize(out["patch_embed"])                    # [b, N, E]
+    o = l2_normalize(out["object_embed"])                   # [b, K, E]
+    ids, valid = batch["object_ids"], batch["object_mask"]  # [b, K]
+    b, k = ids.shape
+    att = jax.nn.softmax(jnp.einsum("bke,bne->bkn", o, p) / cfg.object_attn_temperature, axis=-1)
+    z = l2_normalize(jnp.einsum("bkn,bne->bke", att, p))
+    all_o = gather(o, axis_name).reshape(-1, o.shape[-1])   # [B*K, E]
+    all_ids = gather(ids, axis_name).reshape(-1)
+    all_valid = gather(valid, axis_name).reshape(-1)
+    pos = (shard_offset(b, axis_name) + jnp.arange(b))[:, None] * k + jnp.arange(k)[None, :]
+    is_pos = pos[:, :, None] == jnp.arange(all_ids.shape[0])[None, None, :]
+    allowed = is_pos | (all_valid[None, None, :] & (all_ids[None, None, :] != ids[:, :, None]))
+    logits = jnp.where(allowed, _tau(cfg, "object", out) * jnp.einsum("bke,je->bkj", z, all_o), NEG)
+    return cross_entropy(logits, pos, valid)
+
+
+def soft_kmeans(p, num_regions, iters, temperature):
+    """Regions of patches p [b, N, E] (normalised): M centroids [b, M, E].
+
+    Centroids start at M evenly spaced patches and follow `iters` soft k-means
+    updates with assignment softmax_m(p.c_m / temperature).
+    """
+    start = jnp.linspace(0, p.shape[1] - 1, num_regions).round().astype(jnp.int32)
+    c = p[:, start]
+    for _ in range(iters):
+        a = jax.nn.softmax(jnp.einsum("bne,bme->bnm", p, c) / temperature, axis=-1)
+        c = l2_normalize(jnp.einsum("bnm,bne->bme", a, p))
+    return c
+
+
+def _largest_divisor(n, at_most):
+    return max(d for d in range(1, min(n, max(at_most, 1)) + 1) if n % d == 0)
+
+
+def region_term(out, batch, cfg, axis_name, rng):
+    """Region level: fine-grained caption-to-region similarity, symmetric InfoNCE.
+
+    S[i, j] = mean over word tokens t of caption j of max_m r[i,m].w[j,t].
+    Each device scores all regions (gathered) against its local captions in
+    chunks, giving the column block S[:, local]; an all_to_all turns it into
+    the row block S[local, :] for the image-to-text direction.
+    """
+    del rng
+    r = soft_kmeans(l2_normalize(out["patch_embed"]), cfg.region_num, cfg.region_iters,
+                    cfg.region_assign_temperature)                    # [b, M, E]
+    w = l2_normalize(out["token_embed"])                              # [b, L, E]
+    wm = (batch["tokens"] > 3).astype(w.dtype)                        # words only (no bos/eos/pad)
+    all_r = gather(r, axis_name)                                      # [B, M, E]
+    b, big_b = r.shape[0], all_r.shape[0]
+    chunk = _largest_divisor(big_b, cfg.region_chunk)
+
+    def scores(rc):                                                   # [c, M, E] -> [c, b]
+        s = jnp.einsum("cme,jle->cjml", rc, w).max(axis=2)
+        return (s * wm).sum(-1) / jnp.maximum(wm.sum(-1), 1.0)
+
+    cols = jax.lax.map(scores, all_r.reshape(big_b // chunk, chunk, *r.shape[1:]))
+    cols = cols.reshape(big_b, b)                                     # S[all images, local captions]
+    rows = cols.T if axis_name is None else jax.lax.all_to_all(
+        cols, axis_name, split_axis=0, concat_axis=1, tiled=True)    # S[local images, all captions]
+    labels = shard_offset(b, axis_name) + jnp.arange(b)
+    scale = _tau(cfg, "region", out)
+    i2t, n = cross_entropy(scale * rows, labels)
+    t2i, _ = cross_entropy(scale * cols.T, labels)
+    return 0.5 * (i2t + t2i), n
+
+
+def pseudo_labels(p, o, valid, cfg):
+    """Stop-gradient patch-to-word assignment and its confidence rule.
+
+    Returns assign [b, N] (slot index k), word-level best score [b, N] and
+    confident [b, N]: a patch is confident when its best score is among the
+    top `pixel_top_fraction` of its image (rule "top_fraction") or above
+    `pixel_threshold` (rule "threshold"), and its image has an object word.
+    """
+    sim = jax.lax.stop_gradient(jnp.einsum("bne,bke->bnk", p, o))
+    sim = jnp.where(valid[:, None, :], sim, -jnp.inf)
+    best, assign = sim.max(-1), sim.argmax(-1)
+    has_obj = valid.any(-1, keepdims=True)
+    if cfg.pixel_rule == "top_fraction":
+        n_top = max(1, int(round(cfg.pixel_top_fraction * p.shape[1])))
+        kth = jax.lax.top_k(best, n_top)[0][:, -1:]
+        confident = best >= kth
+    elif cfg.pixel_rule == "threshold":
+        confident = best >= cfg.pixel_threshold
+    else:
+        raise ValueError(f"config.loss.pixel_rule: unknown rule {cfg.pixel_rule!r}")
+    return assign, best, confident & has_obj
+
+
+def _mine_top_k(query, keys, allowed, k, chunk):
+    """Indices [.., k] of the k keys most similar to each query, among allowed.
+
+    query [Q, E], keys [C, E], allowed [Q, C]; stop-gradient; done in chunks
+    of keys (per-chunk top-k, then top-k of those) so memory is O(Q * (chunk + C/chunk * k)).
+    """
+    query, keys = jax.lax.stop_gradient(query), jax.lax.stop_gradient(keys)
+    c = _largest_divisor(keys.shape[0], chunk)
+    kk = min(k, c)
+
+    def per_chunk(args):
+        kc, ac = args
+        return jax.lax.top_k(jnp.where(ac, query @ kc.T, -jnp.inf), kk)
+
+    n_chunks = keys.shape[0] // c
+    vals, idx = jax.lax.map(per_chunk, (keys.reshape(n_chunks, c, -1),
+                                        allowed.reshape(allowed.shape[0], n_chunks, c).swapaxes(0, 1)))
+    idx = idx + (jnp.arange(n_chunks) * c)[:, None, None]
+    vals = vals.transpose(1, 0, 2).reshape(query.shape[0], -1)
+    idx = idx.transpose(1, 0, 2).reshape(query.shape[0], -1)
+    top_vals, pos = jax.lax.top_k(vals, min(k, vals.shape[1]))
+    return jnp.take_along_axis(idx, pos, axis=1), top_vals > -jnp.inf
+
+
+def pixel_term(out, batch, cfg, axis_name, rng):
+    """Pixel level: pseudo patch-word correspondences with hard negatives.
+
+    (a) Anchor patches (up to `pixel_anchors` confident ones per image, sampled)
+        vs their word unit; negatives: the `pixel_hard_k` most similar units of
+        other images whose word differs (mined over the gathered units).
+    (b) Each word unit vs the mean of its confident patches; negatives: the
+        `pixel_hard_k` most similar patches of other images whose pseudo word
+        differs, mined by passing patch blocks around the device ring.
+    Mined negatives in (b) are constants (stop-gradient); see docs/method.md.
+    """
+    p = l2_normalize(out["patch_embed"])                       # [b, N, E]
+    o = l2_normalize(out["object_embed"])                      # [b, K, E]
+    ids, valid = batch["object_ids"], batch["object_mask"]
+    b, n, e = p.shape
+    k_slots = ids.shape[1]
+    hard_k, scale = cfg.pixel_hard_k, _tau(cfg, "pixel", out)
+    assign, _, confident = pseudo_labels(p, o, valid, cfg)
+    word = jnp.take_along_axis(ids, assign, axis=1)            # pseudo word id per patch
+    img = shard_offset(b, axis_name) + jnp.arange(b)           # global image index
+
+    # (a) patch -> unit.
+    gumbel = jax.vmap(lambda i: jax.random.gumbel(jax.random.fold_in(rng, i), (n,)))(img)
+    n_anchor = min(cfg.pixel_anchors, n)
+    _, anchor_idx = jax.lax.top_k(jnp.where(confident, gumbel, -jnp.inf), n_anchor)
+    anchor_ok = jnp.take_along_axis(confident, anchor_idx, axis=1)          # [b, A]
+    anchors = jnp.take_along_axis(p, anchor_idx[..., None], axis=1)         # [b, A, E]
+    slot = jnp.take_along_axis(assign, anchor_idx, axis=1)
+    positive = jnp.take_along_axis(o, slot[..., None], axis=1)              # [b, A, E]
+    pos_word = jnp.take_along_axis(ids, slot, axis=1)
+    all_o = gather(o, axis_name).reshape(-1, e)
+    all_ids = gather(ids, axis_name).reshape(-1)
+    all_img = jnp.repeat(gather(img, axis_name), k_slots)
+    all_valid = gather(valid, axis_name).reshape(-1)
+    q = anchors.reshape(-1, e)
+    allowed = (all_valid[None] & (all_img[None] != jnp.repeat(img, n_anchor)[:, None])
+               & (all_ids[None] != pos_word.reshape(-1)[:, None]))
+    neg_idx, neg_ok = _mine_top_k(q, all_o, allowed, hard_k, cfg.pixel_chunk)
+    negs = all_o[neg_idx]                                                    # [bA, k, E]
+    logits_a = jnp.concatenate([
+        (q * positive.reshape(-1, e)).sum(-1, keepdims=True),
+        jnp.where(neg_ok, jnp.einsum("qe,qke->qk", q, negs), NEG / scale)], axis=1) * scale
+    ce_a, n_a = cross_entropy(logits_a, jnp.zeros(q.shape[0], jnp.int32), anchor_ok.reshape(-1))
+
+    # (b) unit -> patch.
+    member = (confident[:, :, None] & (assign[:, :, None] == jnp.arange(k_slots)[None, None, :]))
+    proto = l2_normalize(jnp.einsum("bnk,bne->bke", member.astype(p.dtype), p))  # [b, K, E]
+    unit_ok = valid & member.any(1)
+    units = o.reshape(-1, e)                                                # [bK, E]
+    unit_word, unit_img = ids.reshape(-1), jnp.repeat(img, k_slots)
+    best_v = jnp.full((b * k_slots, hard_k), -jnp.inf)
+    best_e = jnp.zeros((b * k_slots, hard_k, e))
+    block = (jax.lax.stop_gradient(p), word, img)
+    size = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+    for step in range(size):
+        bp, bw, bi = block
+        ok = ((unit_img[:, None] != jnp.repeat(bi, n)[None]) & (unit_word[:, None] != bw.reshape(-1)[None]))
+        sims = jnp.where(ok, jax.lax.stop_gradient(units) @ bp.reshape(-1, e).T, -jnp.inf)
+        best_v, top = jax.lax.top_k(jnp.concatenate([best_v, sims], axis=1), hard_k)
+        kept = jnp.take_along_axis(best_e, jnp.minimum(top, hard_k - 1)[..., None], axis=1)
+        fresh = bp.reshape(-1, e)[jnp.maximum(top - hard_k, 0)]
+        best_e = jnp.where((top < hard_k)[..., None], kept, fresh)
+        if step + 1 < size:
+            perm = [(j, (j + 1) % size) for j in range(size)]
+            block = jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, perm), block)
+    logits_b = jnp.concatenate([
+        (units * proto.reshape(-1, e)).sum(-1, keepdims=True),
+        jnp.where(best_v > -jnp.inf, jnp.einsum("qe,qke->qk", units, best_e), NEG / scale)],
+        axis=1) * scale
+    ce_b, n_b = cross_entropy(logits_b, jnp.zeros(units.shape[0], jnp.int32), unit_ok.reshape(-1))
+    count = n_a + n_b
+    return (ce_a * n_a + ce_b * n_b) / jnp.maximum(count, 1.0), count
+
+
 TERMS: dict[str, Callable] = {
     "image_text": image_text_term,
+    "object": object_term,
+    "region": region_term,
+    "pixel": pixel_term,
 }
-NEEDS_OBJECTS = set()  # terms that use object_embed
+NEEDS_OBJECTS = {"object", "pixel"}  # terms that use object_embed
 
 
 def needs_objects(loss_cfg) -> bool:
@@ -79,18 +286,18 @@ def total_loss(out, batch, loss_cfg, mesh, rng):
     """Weighted sum of the active terms, computed under shard_map over `mesh`.
 
     out/batch leaves have the global batch as leading axis (logit_scale is a
-    scalar). `rng` is folded with the device index for per-device sampling.
+    scalar). Terms draw randomness per global example index, so the result
+    does not depend on how the batch is split over devices.
     Returns (total, {name: value}).
     """
     weights = active_terms(loss_cfg)
-    batch_keys = [k for k in ("object_ids", "object_mask") if k in batch]
+    batch_keys = [k for k in ("tokens", "object_ids", "object_mask") if k in batch]
     local_batch = {k: batch[k] for k in batch_keys}
     out = {k: v for k, v in out.items() if k != "grid"}
     specs_out = {k: (P() if jnp.ndim(v) == 0 else P(DATA)) for k, v in out.items()}
     specs_batch = {k: P(DATA) for k in local_batch}
 
     def per_device(out, local_batch, rng):
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA))
         values = {}
         for i, name in enumerate(weights):
             value, count = TERMS[name](out, local_batch, loss_cfg, DATA, jax.random.fold_in(rng, i))
