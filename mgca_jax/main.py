@@ -54,14 +54,17 @@ def main(argv):
     if not _WORKDIR.value:
         fail("--workdir is required")
     logging.set_verbosity(logging.WARNING)
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
     maybe_initialize_distributed()
-    from mgca_jax import train
+    import jax
+    from mgca_jax.config_check import ConfigError, check_config
     config = _CONFIG.value.unlock()
     try:
+        check_config(config, jax.device_count())  # before TensorFlow's start-up chatter
+        import tensorflow as tf
+        tf.config.set_visible_devices([], "GPU")
+        from mgca_jax import train
         train.train_and_evaluate(config, _WORKDIR.value)
-    except (train.ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError) as e:
         fail(str(e).splitlines()[0])
 
 

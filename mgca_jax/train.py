@@ -10,7 +10,6 @@ which writes each step into a temporary directory and renames it when
 complete, so a crash never leaves a checkpoint that gets restored half-written.
 """
 import json
-import math
 import os
 import signal
 import time
@@ -23,47 +22,10 @@ import orbax.checkpoint as ocp
 from clu import metric_writers
 
 from mgca_jax import losses, sharding
+from mgca_jax.config_check import ConfigError, check_config  # noqa: F401  (re-exported)
 from mgca_jax.data import input_pipeline
 from mgca_jax.evaluation import zeroshot
-from mgca_jax.models import text as text_models
-from mgca_jax.models import vit
 from mgca_jax.models.two_tower import make_model
-
-
-class ConfigError(ValueError):
-    """Bad configuration; the message is one line that names the field."""
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def check_config(config, num_devices: int) -> None:
-    """Raises ConfigError before anything is read or written."""
-    if config.data_dir and not os.path.isdir(config.data_dir):
-        raise ConfigError(f"config.data_dir: directory {config.data_dir} does not exist")
-    for field, parse in (("image_variant", vit.parse_variant),
-                         ("text_variant", text_models.parse_text_variant)):
-        try:
-            parse(config.model[field])
-        except vit.UnknownVariantError as e:
-            raise ConfigError(f"config.model.{field}: {e}") from None
-    for field in ("lr", "weight_decay", "grad_clip", "b2"):
-        if not _is_number(config[field]) or config[field] < 0:
-            raise ConfigError(f"config.{field}: expected a non-negative number, got {config[field]!r}")
-    for field in ("batch_size", "total_steps"):
-        if not isinstance(config[field], int) or config[field] <= 0:
-            raise ConfigError(f"config.{field}: expected a positive integer, got {config[field]!r}")
-    if config.batch_size % num_devices:
-        raise ConfigError(f"config.batch_size: global batch {config.batch_size} does not divide "
-                          f"evenly over {num_devices} devices")
-    if config.sharding.params not in ("replicated", "fsdp"):
-        raise ConfigError(f"config.sharding.params: unknown mode {config.sharding.params!r}; "
-                          "use 'replicated' or 'fsdp'")
-    try:
-        losses.active_terms(config.loss)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def make_optimizer(config):

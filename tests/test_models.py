@@ -1,0 +1,57 @@
+"""Model variants by name and output shapes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mgca_jax.models import text, two_tower, vit
+
+
+@pytest.mark.parametrize("variant,width,depth", [("mu/8", 128, 4), ("S/16", 384, 12), ("B/16", 768, 12)])
+def test_vit_variants(variant, width, depth):
+    cfg = vit.parse_variant(variant)
+    assert (cfg["width"], cfg["depth"]) == (width, depth)
+    size = 2 * cfg["patch"]
+    shapes = jax.eval_shape(lambda: vit.ViT(variant).init_with_output(
+        jax.random.key(0), jnp.zeros((2, size, size, 3)))[0])
+    assert shapes["patches"].shape == (2, 4, width)
+    assert shapes["pooled"].shape == (2, width)
+
+
+def test_vit_s16_param_count():
+    params = jax.eval_shape(lambda: vit.ViT("S/16").init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    n = sum(x.size for x in jax.tree.leaves(params))
+    assert 21.5e6 < n < 22.2e6  # ViT-S/16 without the class token/head: ~21.7M
+
+
+@pytest.mark.parametrize("bad", ["X/16", "S", "S/0", "S/abc", ""])
+def test_unknown_variant(bad):
+    with pytest.raises(vit.UnknownVariantError, match="unknown ViT variant"):
+        vit.parse_variant(bad)
+
+
+def test_pooled_is_mean_of_patches_and_text_pools_at_eos():
+    model = two_tower.TwoTower(vocab_size=50, max_len=8, embed_dim=16)
+    batch = {"image": jax.random.normal(jax.random.key(1), (3, 16, 16, 3)),
+             "tokens": jnp.array([[2, 7, 9, 3, 0, 0, 0, 0], [2, 5, 3, 0, 0, 0, 0, 0],
+                                  [2, 5, 6, 7, 8, 9, 10, 3]]),
+             "object_tokens": jnp.array([[[2, 7, 3], [2, 8, 3]]] * 3)}
+    params = model.init(jax.random.key(0), batch)
+    out = model.apply(params, batch)
+    assert out["patch_embed"].shape == (3, 4, 16)
+    np.testing.assert_allclose(out["image_embed"], out["patch_embed"].mean(1), rtol=1e-5, atol=1e-6)
+    assert out["token_embed"].shape == (3, 8, 16) and out["text_embed"].shape == (3, 16)
+    np.testing.assert_allclose(out["text_embed"][0], out["token_embed"][0, 3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["text_embed"][1], out["token_embed"][1, 2], rtol=1e-5, atol=1e-6)
+    assert out["object_embed"].shape == (3, 2, 16)
+    assert float(out["logit_scale"]) == pytest.approx(1 / 0.07, rel=1e-5)
+    # Padding does not change a caption's embedding.
+    longer = dict(batch, tokens=jnp.pad(batch["tokens"][:, :6], ((0, 0), (0, 2))))
+    out2 = model.apply(params, longer)
+    np.testing.assert_allclose(out2["text_embed"][:2], out["text_embed"][:2], rtol=1e-4, atol=1e-5)
+
+
+def test_text_variants():
+    assert text.parse_text_variant("S")["width"] == 256
+    with pytest.raises(vit.UnknownVariantError):
+        text.parse_text_variant("XL")

@@ -1,0 +1,42 @@
+"""SentencePiece tokenizer: training, Python/TF agreement, round trip."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mgca_jax.data import tokenizer as tok
+
+CAPTIONS = [f"a {c} {s} on a {b} background" for c in ("red", "blue", "green", "tiny")
+            for s in ("circle", "square", "star", "ring") for b in ("striped", "noisy", "plain")] * 5
+
+
+@pytest.fixture(scope="module")
+def spm(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("spm") / "t.model")
+    tok.train_tokenizer(CAPTIONS, path, vocab_size=64)
+    return tok.Tokenizer(path)
+
+
+def test_round_trip(spm):
+    text = "a blue star on a striped background"
+    ids = spm.encode(text, 32)
+    assert ids[0] == tok.BOS and tok.EOS in ids and len(ids) == 32
+    assert ids[ids.index(tok.EOS) + 1:] == [tok.PAD] * (31 - ids.index(tok.EOS))
+    assert spm.decode(ids) == text
+
+
+def test_tf_matches_python_and_truncates(spm):
+    texts = ["a red ring", "a tiny square on a plain background " * 4]
+    got = spm.tf_tokenize(tf.constant(texts), 12).numpy()
+    want = np.array([spm.encode(t, 12) for t in texts])
+    np.testing.assert_array_equal(got, want)
+    assert got[1, -1] == tok.EOS  # truncated, but still ends with eos
+    np.testing.assert_array_equal(spm.tf_tokenize(tf.constant(texts[0]), 12).numpy(), want[0])
+
+
+def test_cli(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(CAPTIONS))
+    tok.main([f"--input={corpus}", f"--output={tmp_path / 'x.model'}", "--vocab_size=40"])
+    assert tok.Tokenizer(str(tmp_path / "x.model")).vocab_size >= 8
+    with pytest.raises(SystemExit, match="does not exist"):
+        tok.main([f"--input={tmp_path / 'missing.txt'}", f"--output={tmp_path / 'y.model'}"])
