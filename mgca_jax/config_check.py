@@ -25,6 +25,9 @@ def check_config(config, num_devices: int) -> None:
             parse(config.model[field])
         except vit.UnknownVariantError as e:
             raise ConfigError(f"config.model.{field}: {e}") from None
+    if config.model.get("image_stem", "patch") not in ("patch", "conv"):
+        raise ConfigError(f"config.model.image_stem: unknown stem {config.model.image_stem!r}; "
+                          "use 'patch' or 'conv'")
     for field in ("lr", "weight_decay", "grad_clip", "b2"):
         if not _is_number(config[field]) or config[field] < 0:
             raise ConfigError(f"config.{field}: expected a non-negative number, got {config[field]!r}")

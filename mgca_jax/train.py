@@ -123,7 +123,7 @@ class _StopFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def setup(config, workdir):
+def setup(config):
     """Validated config, builder, tokenizer, model, optimizer, mesh: shared by train and tools."""
     check_config(config, jax.device_count())
     if not config.data_dir:
@@ -164,7 +164,7 @@ def evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writ
 
 def train_and_evaluate(config, workdir):
     """Trains (resuming from WORKDIR if it holds checkpoints) and evaluates. Returns final eval."""
-    builder, tokenizer = setup(config, workdir)
+    builder, tokenizer = setup(config)
     os.makedirs(workdir, exist_ok=True)
     ctx = input_pipeline.make_context(config, tokenizer)
     mesh = sharding.make_mesh()

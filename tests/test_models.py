@@ -55,3 +55,11 @@ def test_text_variants():
     assert text.parse_text_variant("S")["width"] == 256
     with pytest.raises(vit.UnknownVariantError):
         text.parse_text_variant("XL")
+
+
+def test_conv_stem_keeps_the_patch_grid():
+    out = jax.eval_shape(lambda: vit.ViT("mu/8", stem="conv").init_with_output(
+        jax.random.key(0), jnp.zeros((2, 64, 64, 3)))[0])
+    assert out["patches"].shape == (2, 64, 128)
+    with pytest.raises(vit.UnknownVariantError, match="power-of-two"):
+        jax.eval_shape(lambda: vit.ViT("mu/6", stem="conv").init(jax.random.key(0), jnp.zeros((1, 12, 12, 3))))

@@ -75,17 +75,45 @@ class Encoder(nn.Module):
         return nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
 
 
+class ConvStem(nn.Module):
+    """Stride-2 3x3 convolutions down to the patch grid, then a 1x1 projection
+    (the "early convolutions" stem of Xiao et al. 2021; easier to optimise from scratch)."""
+    width: int
+    patch: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n = self.patch.bit_length() - 1
+        if 2 ** n != self.patch:
+            raise UnknownVariantError(f"conv stem needs a power-of-two patch, got {self.patch}")
+        for i in range(n):
+            ch = max(self.width // 2 ** (n - i), 16)
+            x = nn.Conv(ch, (3, 3), strides=(2, 2), padding="SAME", use_bias=False,
+                        dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.relu(nn.LayerNorm(dtype=self.dtype, name=f"norm{i}")(x))
+        return nn.Conv(self.width, (1, 1), dtype=self.dtype, name="proj")(x)
+
+
 class ViT(nn.Module):
-    """images [B, H, W, 3] -> {"patches": [B, h*w, width], "pooled": [B, width], "grid": (h, w)}."""
+    """images [B, H, W, 3] -> {"patches": [B, h*w, width], "pooled": [B, width], "grid": (h, w)}.
+
+    stem: "patch" (one strided convolution, the standard ViT) or "conv".
+    """
     variant: str = "mu/8"
     dtype: Any = jnp.float32
+    stem: str = "patch"
 
     @nn.compact
     def __call__(self, images):
         cfg = parse_variant(self.variant)
         p = cfg["patch"]
-        x = nn.Conv(cfg["width"], (p, p), strides=(p, p), padding="VALID",
-                    dtype=self.dtype, name="embedding")(images.astype(self.dtype))
+        images = images.astype(self.dtype)
+        if self.stem == "conv":
+            x = ConvStem(cfg["width"], p, self.dtype, name="conv_stem")(images)
+        else:
+            x = nn.Conv(cfg["width"], (p, p), strides=(p, p), padding="VALID",
+                        dtype=self.dtype, name="embedding")(images)
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w, c))
