@@ -39,6 +39,8 @@ def maybe_initialize_distributed():
              or "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"])
     if not multi:
         return
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     kwargs = {}
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
         kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
