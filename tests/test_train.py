@@ -169,3 +169,29 @@ def test_main_end_to_end_and_bad_input(data_dir, tmp_path):
     after = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
              for d, _, fs in os.walk(ckpt) for f in fs}
     assert before == after
+
+
+def test_kill_9_resumes_from_last_complete_checkpoint(data_dir, tmp_path):
+    import re
+    import signal
+    workdir = str(tmp_path / "killed")
+    args = ["--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+            "--config.total_steps=30", "--config.checkpoint_every=4", "--config.log_every=1"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.Popen([sys.executable, "-m", "mgca_jax.main", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 13/"):
+            proc.send_signal(signal.SIGKILL)  # no chance to save or clean up
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    ckpt = os.path.join(workdir, "checkpoints")
+    complete = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+    assert complete and complete[-1] >= 8
+    resumed = run_main(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    match = re.search(r"resumed from \S+/(\d+)", resumed.stdout)
+    assert match and int(match.group(1)) == complete[-1]
+    assert f"steps {complete[-1]}->30" in resumed.stdout
+    assert os.path.exists(os.path.join(workdir, "eval_step30.json"))
