@@ -142,8 +142,7 @@ def region_term(out, batch, cfg, axis_name, rng):
 def pseudo_labels(p, o, valid, cfg):
     """Stop-gradient patch-to-word assignment and its confidence rule.
 
-    Returns assign [b, N] (slot index k), word-level best score [b, N] and
-    confident [b, N]: a patch is confident when its best score is among the
+    Returns assign [b, N] (slot index k) and confident [b, N]: a patch is confident when its best score is among the
     top `pixel_top_fraction` of its image (rule "top_fraction") or above
     `pixel_threshold` (rule "threshold"), and its image has an object word.
     """
@@ -159,7 +158,7 @@ def pseudo_labels(p, o, valid, cfg):
         confident = best >= cfg.pixel_threshold
     else:
         raise ValueError(f"config.loss.pixel_rule: unknown rule {cfg.pixel_rule!r}")
-    return assign, best, confident & has_obj
+    return assign, confident & has_obj
 
 
 def _mine_top_k(query, keys, allowed, k, chunk):
@@ -203,7 +202,7 @@ def pixel_term(out, batch, cfg, axis_name, rng):
     b, n, e = p.shape
     k_slots = ids.shape[1]
     hard_k, scale = cfg.pixel_hard_k, _tau(cfg, "pixel", out)
-    assign, _, confident = pseudo_labels(p, o, valid, cfg)
+    assign, confident = pseudo_labels(p, o, valid, cfg)
     word = jnp.take_along_axis(ids, assign, axis=1)            # pseudo word id per patch
     img = shard_offset(b, axis_name) + jnp.arange(b)           # global image index
 

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from clu import metric_writers
 
 from mgca_jax import losses, sharding
-from mgca_jax.config_check import ConfigError, check_config  # noqa: F401  (re-exported)
+from mgca_jax.config_check import check_config
 from mgca_jax.data import input_pipeline
 from mgca_jax.evaluation import zeroshot
 from mgca_jax.models.two_tower import make_model

@@ -13,7 +13,6 @@ pid, n, coordinator, steps = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], in
 if n > 1:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=n, process_id=pid)
 
-import numpy as np  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "configs")]

@@ -5,6 +5,7 @@ Image -> normalised patch embeddings -> cosine with each class -> upsampled
 to image size. A pixel is background when its best class score is below
 `bg_thresh` (TCL's rule: a constant map in front of the class scores).
 """
+import functools
 import os
 import time
 
@@ -20,10 +21,14 @@ def class_embeddings(model, params, tokenizer, class_names, templates, max_len):
     """[C, E]: per class, the mean of its normalised template embeddings, renormalised."""
     prompts = [t.format(name.strip()) for name in class_names for t in templates]
     tokens = np.array([tokenizer.encode(p, max_len) for p in prompts], np.int32)
-    emb = jax.jit(lambda p, t: model.apply({"params": p}, t, method=model.encode_text))(
-        params, tokens)["text_embed"]
+    emb = _encode_text(model, params, tokens)["text_embed"]
     emb = l2_normalize(emb).reshape(len(class_names), len(templates), -1).mean(axis=1)
     return l2_normalize(emb)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_text(model, params, tokens):
+    return model.apply({"params": params}, tokens, method=model.encode_text)
 
 
 def patch_scores(model, params, images, class_emb):
@@ -34,6 +39,7 @@ def patch_scores(model, params, images, class_emb):
     return (patches @ class_emb.T).reshape(images.shape[0], h, w, -1)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4))
 def predict(model, params, images, class_emb, bg_thresh=None):
     """images [B, H, W, 3] -> labels [B, H, W] (0 = background when bg_thresh is set)."""
     scores = patch_scores(model, params, images, class_emb)
@@ -56,12 +62,12 @@ def evaluate(model, params, batches, tokenizer, class_names, config, grid_path=N
     templates = protocol.get_templates(config.eval.templates)
     class_emb = class_embeddings(model, params, tokenizer, class_names, templates,
                                  config.input.max_len)
-    pred_fn = jax.jit(lambda p, im: predict(model, p, im, class_emb, config.eval.bg_thresh))
     label_names = ("background",) + tuple(class_names)
     acc = metrics.ConfusionAccumulator(len(label_names))
     shown = {"images": [], "gts": [], "preds": []}
     for batch in batches:
-        pred = np.asarray(pred_fn(params, jnp.asarray(batch["image"])))
+        pred = np.asarray(predict(model, params, jnp.asarray(batch["image"]), class_emb,
+                                  config.eval.bg_thresh))
         acc.update(pred, batch["mask"])
         if grid_path and len(shown["images"]) < config.eval.num_examples:
             n = config.eval.num_examples - len(shown["images"])
