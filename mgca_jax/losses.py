@@ -142,8 +142,8 @@ def region_term(out, batch, cfg, axis_name, rng):
 def pseudo_labels(p, o, valid, cfg):
     """Stop-gradient patch-to-word assignment and its confidence rule.
 
-    Returns assign [b, N] (slot index k) and confident [b, N]: a patch is confident when its best score is among the
-    top `pixel_top_fraction` of its image (rule "top_fraction") or above
+    Returns assign [b, N] (slot index k) and confident [b, N]: a patch is
+    confident when its best score is among the top `pixel_top_fraction` of its image (rule "top_fraction") or above
     `pixel_threshold` (rule "threshold"), and its image has an object word.
     """
     sim = jax.lax.stop_gradient(jnp.einsum("bne,bke->bnk", p, o))
