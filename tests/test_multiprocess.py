@@ -1,19 +1,25 @@
 """2 processes x 4 host CPU devices (jax.distributed on localhost) == 1 process x 8 devices."""
 import os
+import socket
 import subprocess
 import sys
 
 import numpy as np
-import portpicker
 
 WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
 STEPS = 3
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(num_processes, devices_each):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
-    coordinator = f"127.0.0.1:{portpicker.pick_unused_port()}"
+    coordinator = f"127.0.0.1:{free_port()}"
     procs = [subprocess.Popen([sys.executable, WORKER, str(i), str(num_processes), coordinator, str(STEPS)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(num_processes)]
