@@ -28,6 +28,12 @@ def check_config(config, num_devices: int) -> None:
     if config.model.get("image_stem", "patch") not in ("patch", "conv"):
         raise ConfigError(f"config.model.image_stem: unknown stem {config.model.image_stem!r}; "
                           "use 'patch' or 'conv'")
+    radius = str(config.model.get("attention_radius", ""))
+    if radius:
+        try:
+            vit.parse_radii(radius, vit.parse_variant(config.model.image_variant)["depth"])
+        except vit.UnknownVariantError as e:
+            raise ConfigError(f"config.model.attention_radius: {e}") from None
     for field in ("lr", "weight_decay", "grad_clip", "b2"):
         if not _is_number(config[field]) or config[field] < 0:
             raise ConfigError(f"config.{field}: expected a non-negative number, got {config[field]!r}")

@@ -67,7 +67,7 @@ def make_train_step(model, tx, schedule, config, mesh):
             state["params"], batch, rng)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state["step"]),
                    "logit_scale": jnp.minimum(jnp.exp(params["log_logit_scale"]), 100.0)}
         metrics.update({f"loss_{k}": v for k, v in terms.items()})

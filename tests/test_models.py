@@ -63,3 +63,41 @@ def test_conv_stem_keeps_the_patch_grid():
     assert out["patches"].shape == (2, 64, 128)
     with pytest.raises(vit.UnknownVariantError, match="power-of-two"):
         jax.eval_shape(lambda: vit.ViT("mu/6", stem="conv").init(jax.random.key(0), jnp.zeros((1, 12, 12, 3))))
+
+
+def test_local_attention_mask_matches_a_brute_force_neighbourhood():
+    h, w, r = 3, 4, 1
+    mask = np.asarray(vit.local_attention_mask(h, w, r))[0, 0]
+    expected = np.zeros((h * w, h * w), bool)
+    for a in range(h * w):
+        for b in range(h * w):
+            expected[a, b] = abs(a // w - b // w) <= r and abs(a % w - b % w) <= r
+    np.testing.assert_array_equal(mask, expected)
+    assert mask[0].sum() == 4 and mask[5].sum() == 9   # corner vs interior cell
+
+
+def test_parse_radii():
+    assert vit.parse_radii("1", 3) == [1, 1, 1]
+    assert vit.parse_radii("1,-1,0", 3) == [1, -1, 0]
+    for bad in ("1,2", "a", "1,,2"):
+        with pytest.raises(vit.UnknownVariantError, match="attention radius"):
+            vit.parse_radii(bad, 3)
+
+
+def test_local_attention_limits_the_receptive_field():
+    """With radius 0 in every block a patch's output depends on its own pixels only;
+    with radius 1 in one block it also sees its neighbours, and nothing further."""
+    images = jax.random.normal(jax.random.key(1), (1, 32, 32, 3))   # 4x4 grid of 8x8 patches
+    changed = images.at[0, :8, :8].add(1.0)                         # perturb patch (0, 0)
+
+    def moved(radius):
+        model = vit.ViT("mu/8", attention_radius=radius)
+        params = model.init(jax.random.key(0), images)
+        a = model.apply(params, images)["patches"][0]
+        b = model.apply(params, changed)["patches"][0]
+        return np.asarray(jnp.abs(a - b).max(-1)).reshape(4, 4) > 1e-6
+
+    assert moved("0").sum() == 1 and moved("0")[0, 0]
+    one_hop = moved("1,0,0,0")
+    np.testing.assert_array_equal(np.argwhere(one_hop), [[0, 0], [0, 1], [1, 0], [1, 1]])
+    assert moved("").all()   # global attention: every patch sees the change

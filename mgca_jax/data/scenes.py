@@ -8,8 +8,11 @@ order of `CLASS_NAMES` (0 is background):
 
     circle, square, triangle, star, ring, cross, diamond, crescent
 
-Object colour (one of `COLOURS`, slightly jittered) is drawn independently of
-the shape, so only the shape identifies the class. Sizes range from tiny
+Object colour (one of `COLOURS`, slightly jittered) is a strong but imperfect
+cue, as in natural images (grass is usually green): each class has a typical
+colour (`TYPICAL_COLOUR`), used with probability `TYPICAL_COLOUR_PROB` when it
+contrasts with the background; otherwise any contrasting colour is drawn, so
+shape alone must decide about a third of the objects. Sizes range from tiny
 (~10 px across at 64x64) to large (~36 px); everything scales with
 `image_size`. Objects may overlap (later ones occlude earlier ones) but every
 object keeps most of its area visible. Backgrounds are one of: a smooth colour
@@ -61,6 +64,12 @@ COLOURS = {
     "white": (248, 248, 248),
     "black": (18, 18, 18),
 }
+# Each class's typical colour (a shared cue, like "grass is green").
+TYPICAL_COLOUR = {
+    "circle": "red", "square": "blue", "triangle": "green", "star": "yellow",
+    "ring": "purple", "cross": "cyan", "diamond": "pink", "crescent": "white",
+}
+TYPICAL_COLOUR_PROB = 0.7
 _COLOUR_NAMES = tuple(COLOURS)
 _COLOUR_RGB = np.array([COLOURS[c] for c in _COLOUR_NAMES], np.float32)
 
@@ -321,7 +330,7 @@ def _relation(rng, a, b, overlap):
     dx, dy = a["cx"] - b["cx"], a["cy"] - b["cy"]
     opts = ["next to", "near", "beside"]
     if overlap and a["order"] > b["order"]:
-        opts += ["on top of", "in front of", "partly covering"]
+        opts += ["on top of", "in front of", "partly hiding"]
     if overlap and a["order"] < b["order"]:
         opts += ["behind", "partly hidden by"]
     if abs(dy) > 1.5 * abs(dx) and abs(dy) > 4:
@@ -432,12 +441,17 @@ def _grid(size):
     return g
 
 
-def _pick_colour(rng, region: np.ndarray) -> int:
-    """Index of a colour that contrasts with the pixels of `region` ([h, w, 3])."""
+def _pick_colour(rng, region: np.ndarray, typical: int) -> int:
+    """Index of a colour that contrasts with the pixels of `region` ([h, w, 3]):
+    the class's `typical` one with probability TYPICAL_COLOUR_PROB if it
+    contrasts, else a random contrasting one."""
     px = region[::2, ::2].reshape(-1, 3)
     d = np.sqrt(((px[:, None, :] - _COLOUR_RGB[None, :, :]) ** 2).sum(-1))  # [N, C]
     close = (d < 80.0).mean(axis=0)
     ok = np.flatnonzero((close <= 0.08) & (d.mean(axis=0) >= 110.0))
+    use_typical = rng.random() < TYPICAL_COLOUR_PROB
+    if use_typical and typical in ok:
+        return typical
     if ok.size:
         return int(rng.choice(ok))
     return int(np.argmin(close - 1e-3 * d.mean(axis=0)))
@@ -498,7 +512,7 @@ def generate_scene(rng: np.random.Generator, image_size: int = 64) -> dict:
                 overlaps[(k, len(instances))] = True
         # Colour contrasting with what is currently there (background + objects).
         region = canvas[y0:y0 + h, x0:x0 + w]
-        ci = _pick_colour(rng, region)
+        ci = _pick_colour(rng, region, _COLOUR_NAMES.index(TYPICAL_COLOUR[name]))
         colour = _COLOUR_RGB[ci] + rng.uniform(-12, 12, size=3).astype(np.float32)
         fill = colour + rng.normal(0, 3.0, size=(h, w, 1)).astype(np.float32)
         alpha = cov[:, :, None]

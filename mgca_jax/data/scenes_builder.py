@@ -101,8 +101,9 @@ def _iter_encoded(seed: int, num: int, size: int):
 class MgcaScenes(tfds.core.GeneratorBasedBuilder):
     """Procedurally generated captioned scenes with per-pixel masks (offline)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Each class has a typical colour (used for ~70% of objects)."}
     BUILDER_CONFIGS = [
         ScenesConfig(name="default", description="64x64, 20000 train / 500 validation",
                      image_size=64, num_train=20000, num_validation=500, seed=0),

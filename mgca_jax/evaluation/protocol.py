@@ -31,7 +31,7 @@ import numpy as np
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "normalize", "rescaled_size", "resize_short_side",
-    "window_positions", "sliding_window_logits", "resize_logits", "predict_labels",
+    "window_positions", "sliding_window_logits", "stitch_windows", "resize_logits", "predict_labels",
     "infer_logits", "TEMPLATES", "get_templates",
 ]
 
@@ -133,14 +133,30 @@ def sliding_window_logits(image, logits_fn: LogitsFn, num_classes: int, crop=448
         if tuple(lg.shape) != expected:
             raise ValueError(f"logits_fn returned shape {tuple(lg.shape)}, expected {expected}")
         outs.append(lg.astype(jnp.float32))
-    logits = jnp.concatenate(outs, axis=0)
-    acc = jnp.zeros((h, w, num_classes), jnp.float32)
+    return stitch_windows(jnp.concatenate(outs, axis=0), wins, h, w)
+
+
+def stitch_windows(window_logits, windows, h: int, w: int) -> jax.Array:
+    """(n, wh, ww, C) logits of ``windows`` (from :func:`window_positions`) -> (h, w, C):
+    summed into place and divided by the per-pixel window count."""
+    logits = jnp.asarray(window_logits, dtype=jnp.float32)
+    if logits.shape[0] != len(windows):
+        raise ValueError(f"{logits.shape[0]} window logits for {len(windows)} windows")
+    acc = jnp.zeros((h, w, logits.shape[-1]), jnp.float32)
     count = np.zeros((h, w, 1), np.float32)
-    for k, (y1, y2, x1, x2) in enumerate(wins):
-        acc = acc.at[y1:y2, x1:x2].add(logits[k])
+    for k, (y1, y2, x1, x2) in enumerate(windows):
+        acc = _add_window(acc, logits[k], y1, x1)
         count[y1:y2, x1:x2] += 1.0
     assert count.min() > 0, "every pixel is covered by at least one window"
     return acc / jnp.asarray(count)
+
+
+@jax.jit
+def _add_window(acc, window, y1, x1):
+    """acc[y1:, x1:] += window; the offsets are traced, so one compilation serves every position."""
+    start = (y1, x1, jnp.zeros_like(y1))
+    cur = jax.lax.dynamic_slice(acc, start, window.shape)
+    return jax.lax.dynamic_update_slice(acc, cur + window, start)
 
 
 def resize_logits(logits, out_hw: Sequence[int]) -> jax.Array:

@@ -27,10 +27,11 @@ class TwoTower(nn.Module):
     embed_dim: int = 128
     temperature_init: float = 0.07
     image_stem: str = "patch"
+    attention_radius: str = ""
     dtype: Any = jnp.float32
 
     def setup(self):
-        self.image_tower = ViT(self.image_variant, self.dtype, self.image_stem)
+        self.image_tower = ViT(self.image_variant, self.dtype, self.image_stem, self.attention_radius)
         self.text_tower = TextTransformer(self.text_variant, self.vocab_size, self.max_len, self.dtype)
         # Linear heads: the mean of projected patches is the projected mean, so
         # dense and pooled embeddings live in one space.
@@ -73,4 +74,5 @@ def make_model(config) -> TwoTower:
                     vocab_size=m.vocab_size, max_len=config.input.max_len,
                     embed_dim=m.embed_dim, temperature_init=m.temperature_init,
                     image_stem=m.get("image_stem", "patch"),
+                    attention_radius=str(m.get("attention_radius", "")),
                     dtype=jnp.dtype(m.get("dtype", "float32")))

@@ -70,8 +70,10 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask=None):
+        """mask: None, one mask for every block, or a list with one per block."""
+        masks = mask if isinstance(mask, list) else [mask] * self.depth
         for i in range(self.depth):
-            x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, name=f"block{i:02d}")(x, mask)
+            x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, name=f"block{i:02d}")(x, masks[i])
         return nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
 
 
@@ -95,14 +97,41 @@ class ConvStem(nn.Module):
         return nn.Conv(self.width, (1, 1), dtype=self.dtype, name="proj")(x)
 
 
+def parse_radii(spec: str, depth: int) -> list[int]:
+    """"1,1,0,0" -> [1, 1, 0, 0]; a single value applies to every block."""
+    try:
+        radii = [int(v) for v in str(spec).split(",")]
+    except ValueError:
+        radii = []
+    if len(radii) == 1:
+        radii = radii * depth
+    if len(radii) != depth:
+        raise UnknownVariantError(
+            f"attention radius {spec!r}: expected one integer or {depth} comma-separated integers")
+    return radii
+
+
+def local_attention_mask(h: int, w: int, radius: int) -> jnp.ndarray:
+    """[1, 1, h*w, h*w] bool: True where two grid cells are within `radius` steps."""
+    yy, xx = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
+    yy, xx = yy.reshape(-1), xx.reshape(-1)
+    near = (jnp.abs(yy[:, None] - yy[None, :]) <= radius) & (jnp.abs(xx[:, None] - xx[None, :]) <= radius)
+    return near[None, None]
+
+
 class ViT(nn.Module):
     """images [B, H, W, 3] -> {"patches": [B, h*w, width], "pooled": [B, width], "grid": (h, w)}.
 
     stem: "patch" (one strided convolution, the standard ViT) or "conv".
+    attention_radius: "" = global attention in every block; otherwise one radius
+      per block, comma-separated ("1,1,0,0"): a patch attends only to patches
+      within r grid steps (Chebyshev; 0 = itself), a locality prior that keeps
+      dense features about their neighbourhood. -1 = global for that block.
     """
     variant: str = "mu/8"
     dtype: Any = jnp.float32
     stem: str = "patch"
+    attention_radius: str = ""
 
     @nn.compact
     def __call__(self, images):
@@ -118,5 +147,9 @@ class ViT(nn.Module):
         x = x.reshape(b, h * w, c)
         pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w, c))
         x = x + pos.astype(self.dtype)
-        x = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.dtype, name="encoder")(x)
+        masks = None
+        if self.attention_radius:
+            radii = parse_radii(self.attention_radius, cfg["depth"])
+            masks = [None if r < 0 else local_attention_mask(h, w, r) for r in radii]
+        x = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.dtype, name="encoder")(x, masks)
         return {"patches": x, "pooled": x.mean(axis=1), "grid": (h, w)}

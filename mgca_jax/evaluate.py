@@ -1,0 +1,231 @@
+"""Zero-shot segmentation mIoU of a trained checkpoint, per prediction unit.
+
+  python -m mgca_jax.evaluate --workdir=DIR --dataset=voc21 --data_dir=/data --unit=adaptive
+  python -m mgca_jax.evaluate --checkpoint=DIR/checkpoints/STEP --dataset=all --data_dir=/data --unit=all
+  python -m mgca_jax.evaluate --workdir=DIR --dataset=embedded --unit=all
+
+--dataset: a benchmark of evaluation/benchmarks.py (voc21, voc20, context60, context59,
+coco_object, coco_stuff, cityscapes, ade20k) read from --data_dir in its official
+layout; `all` (every benchmark found under --data_dir); or `embedded` (the run's
+generated validation scenes, at their native size: one window per image, like the
+trainer's own evaluation). --unit=all scores pixel, group and adaptive from one
+forward pass per window. Benchmarks use the field protocol (short side 448,
+448/224 sliding windows, no post-processing); --bg_thresh defaults to
+config.eval.bg_thresh on data sets with a background class, else none.
+
+Prints progress (images/s, ETA), a per-class IoU table per unit and writes JSON
+(--out, default WORKDIR/inference_<dataset>_step<STEP>.json). Bad input ends
+with a one-line error naming the flag or path, exit status 2.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+
+from mgca_jax import checkpoints, cli_utils, inference  # noqa: E402
+from mgca_jax.cli_utils import fail  # noqa: E402
+from mgca_jax.evaluation import benchmarks, metrics  # noqa: E402
+
+
+@dataclasses.dataclass
+class Job:
+    key: str
+    title: str
+    class_names: tuple
+    has_background: bool
+    total: int
+    samples: Callable[[], Iterator]     # -> (name, uint8 image, uint8 label)
+    native_size: int | None = None      # embedded: evaluate at the images' own size
+
+    @property
+    def label_names(self) -> tuple:
+        return (("background",) if self.has_background else ()) + tuple(self.class_names)
+
+
+def build_parser():
+    p = cli_utils.Parser(prog="python -m mgca_jax.evaluate", description=__doc__.split("\n")[0])
+    cli_utils.add_checkpoint_flags(p)
+    p.add_argument("--dataset", required=True, help="benchmark key, 'all' or 'embedded'")
+    p.add_argument("--data_dir", help="benchmark root (or, for embedded, the tfds data dir)")
+    p.add_argument("--unit", default="adaptive", choices=inference.UNITS + ("all",))
+    p.add_argument("--out", help="JSON results path")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images of each data set")
+    cli_utils.add_inference_flags(p)
+    return p
+
+
+def benchmark_job(key: str, data_dir: str, limit: int | None) -> Job:
+    spec = benchmarks.get_benchmark(key)
+    n = len(benchmarks.list_samples(key, data_dir))     # raises BenchmarkLayoutError
+    return Job(key, spec.title, spec.class_names, spec.has_background,
+               n if limit is None else min(n, limit),
+               lambda: benchmarks.iterate(key, data_dir, limit))
+
+
+def embedded_data_dir(config, data_dir: str | None) -> str:
+    if config.data.name != checkpoints.EMBEDDED:
+        fail(f"--dataset=embedded: the run was trained on {config.data.name!r}, which has no "
+             "embedded validation split; pick a benchmark")
+    data_dir = data_dir or config.data_dir
+    if not data_dir or not os.path.isdir(data_dir):
+        fail(f"--data_dir: directory {data_dir} does not exist (the embedded data set's tfds dir)")
+    return data_dir
+
+
+def embedded_job(config, data_dir: str, limit: int | None) -> Job:
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+    from mgca_jax.data import scenes, scenes_builder
+    builder = scenes_builder.build(data_dir, config.data.config_name)
+    split = config.data.eval_split
+    n = builder.info.splits[split].num_examples
+    n = n if limit is None else min(n, limit)
+
+    def samples():
+        ds = builder.as_dataset(split=split, shuffle_files=False).take(n)
+        for ex in ds.as_numpy_iterator():
+            yield str(int(ex["id"])), ex["image"], ex["mask"][..., 0]
+
+    names = (tuple(s.strip() for s in config.eval.class_names.split(","))
+             if config.eval.class_names else tuple(scenes.CLASS_NAMES))
+    return Job("embedded", f"{builder.name}/{config.data.config_name} {split}", names, True, n,
+               samples, native_size=int(config.input.image_size))
+
+
+def _finite(x):
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg):
+    """Runs every unit of `units` over the job's images; returns its JSON record."""
+    from mgca_jax.evaluation import zeroshot
+    config = loaded.config
+    size = job.native_size
+    pcfg = cli_utils.protocol_config(args, size or 448, size or 448, (size // 2) if size else 224)
+    bg = cli_utils.parse_bg_thresh(args.bg_thresh, config.eval.bg_thresh if job.has_background else None)
+    class_emb = zeroshot.class_embeddings(loaded.model, loaded.params, tokenizer, job.class_names,
+                                          templates, config.input.max_len)
+    seg = inference.Segmenter(loaded.model, loaded.params, class_emb, units=units, unit_config=ucfg,
+                              protocol_config=pcfg, bg_thresh=bg,
+                              windows_per_device=args.windows_per_device)
+    accs = {u: metrics.ConfusionAccumulator(len(job.label_names)) for u in units}
+    print(f"== {job.key}: {job.title}, {job.total} images, units {', '.join(units)}, "
+          f"bg_thresh {bg}, {len(seg.devices)} devices", flush=True)
+    progress = cli_utils.Progress(job.key, job.total)
+    chunk = len(seg.devices) * args.windows_per_device
+    batch = []
+
+    def flush():
+        preds = seg.segment([img for img, _ in batch])
+        for pred, (_, gt) in zip(preds, batch):
+            for k, u in enumerate(units):
+                accs[u].update(pred[k], gt)
+        progress.update(len(batch))
+        batch.clear()
+
+    for _, image, label in job.samples():
+        batch.append((image, label))
+        if len(batch) == chunk:
+            flush()
+    if batch:
+        flush()
+    progress.update(0, force=True)
+    seconds = time.time() - progress.start
+    record = {"dataset": job.key, "title": job.title, "num_images": progress.done,
+              "seconds": seconds, "images_per_sec": progress.rate, "bg_thresh": bg,
+              "protocol": dataclasses.asdict(pcfg), "label_names": list(job.label_names), "units": {}}
+    for u in units:
+        res = accs[u].compute()
+        print(f"-- {job.key}, {u} unit\n"
+              + metrics.format_table(job.label_names, res["iou"], res["miou"], res["acc"]), flush=True)
+        record["units"][u] = {"miou": _finite(res["miou"]), "acc": _finite(res["acc"]),
+                              "iou": {n: _finite(v) for n, v in zip(job.label_names, res["iou"])}}
+    return record
+
+
+def summary(records, units) -> str:
+    width = max([len("dataset")] + [len(k) for k in records])
+    lines = [f"mIoU (%)  {'dataset'.ljust(width)}  " + "  ".join(f"{u:>8}" for u in units)]
+    for key, rec in records.items():
+        cells = [rec["units"][u]["miou"] for u in units]
+        lines.append(f"          {key.ljust(width)}  "
+                     + "  ".join(f"{'n/a' if c is None else f'{100 * c:.2f}':>8}" for c in cells))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    units = inference.UNITS if args.unit == "all" else (args.unit,)
+    if args.limit is not None and args.limit < 1:
+        fail(f"--limit: expected a positive integer, got {args.limit}")
+    ucfg = cli_utils.unit_config(args)
+    cli_utils.parse_bg_thresh(args.bg_thresh, None)              # validate flags before loading
+    cli_utils.protocol_config(args, 448, 448, 224)
+    try:
+        config_path, _, _ = checkpoints.resolve(args.workdir, args.checkpoint)
+        config = checkpoints.load_config(config_path)
+    except checkpoints.CheckpointError as e:
+        fail(e)
+    from mgca_jax.evaluation import protocol
+    try:
+        templates = protocol.get_templates(args.templates or config.eval.templates)
+    except ValueError as e:
+        fail(f"--templates: {e}")
+
+    # Check every data path before anything expensive.
+    jobs, embedded_dir = [], None
+    if args.dataset == "embedded":
+        embedded_dir = embedded_data_dir(config, args.data_dir)
+    else:
+        keys = benchmarks.list_benchmarks() if args.dataset == "all" else [args.dataset]
+        if args.dataset != "all" and args.dataset not in benchmarks.BENCHMARKS:
+            fail(f"--dataset: unknown data set {args.dataset!r}; choose from "
+                 f"{benchmarks.list_benchmarks() + ['all', 'embedded']}")
+        if not args.data_dir:
+            fail("--data_dir is required for benchmark data sets")
+        for key in keys:
+            try:
+                jobs.append(benchmark_job(key, args.data_dir, args.limit))
+            except benchmarks.BenchmarkLayoutError as e:
+                if args.dataset != "all":
+                    fail(e)
+                print(f"skipping {e}", flush=True)
+        if not jobs:
+            fail(f"--data_dir: no benchmark found under {args.data_dir}")
+    try:
+        loaded = checkpoints.load(args.workdir, args.checkpoint)
+        tokenizer = checkpoints.load_tokenizer(loaded.config, args.tokenizer)
+    except checkpoints.CheckpointError as e:
+        fail(e)
+    if embedded_dir:
+        jobs.append(embedded_job(loaded.config, embedded_dir, args.limit))
+    print(f"checkpoint {loaded.path} (step {loaded.step}): {loaded.config.model.image_variant} / "
+          f"{loaded.config.model.text_variant}", flush=True)
+
+    records = {}
+    for job in jobs:
+        records[job.key] = evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg)
+    if len(records) > 1 or len(units) > 1:
+        print(summary(records, units), flush=True)
+
+    out = args.out or os.path.join(os.path.dirname(config_path),
+                                   f"inference_{args.dataset}_step{loaded.step}.json")
+    result = {"checkpoint": loaded.path, "step": loaded.step, "templates": args.templates
+              or loaded.config.eval.templates, "unit_config": dataclasses.asdict(ucfg),
+              "results": records}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(out + ".tmp", out)
+    print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,330 @@
+"""Zero-shot segmentation with three prediction units, sharded over local devices.
+
+A unit turns the normalised patch embeddings of one window, p [N, E], and the
+class embeddings T [C, E] (`zeroshot.class_embeddings`) into per-patch class
+scores [N, C]:
+
+  pixel     every patch on its own: p_n . t_c
+  group     k-means segments of p; each patch takes its segment's pooled score
+  adaptive  the group unit, except that a part of a segment that both disagrees
+            with the segment's label and looks unlike the rest of the segment
+            is scored on its own
+
+The unit functions are pure and shape-static (they jit, vmap and pmap).
+`Segmenter` runs them with the field protocol of `evaluation/protocol.py`
+(resize the short side, sliding windows, stitching, background rule): the
+windows of a list of images are batched together and sharded over local
+devices with `jax.pmap`. docs/method.md ("Inference: prediction units") states
+the rules, their defaults and their cost.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mgca_jax.evaluation import protocol
+from mgca_jax.losses import l2_normalize, soft_kmeans
+from mgca_jax.models import vit
+
+UNITS = ("pixel", "group", "adaptive")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitConfig:
+    """Hyperparameters of the group and adaptive units."""
+    num_groups: int = 8             # G segments per window (k-means on normalised patches)
+    group_iters: int = 5            # soft k-means updates, as in the region loss
+    group_temperature: float = 0.1  # soft k-means assignment temperature
+    num_parts: int = 4              # S parts per segment (adaptive unit)
+    part_iters: int = 3             # hard k-means updates of the parts inside their segment
+    agreement_thresh: float = 0.5   # a part splits off when its agreement is below this ...
+    coherence_thresh: float = 0.5   # ... and its coherence is below this
+
+    def __post_init__(self):
+        for name in ("num_groups", "num_parts"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        for name in ("group_iters", "part_iters"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name}: expected a non-negative integer, got {getattr(self, name)!r}")
+        if not self.group_temperature > 0:
+            raise ValueError(f"group_temperature: expected > 0, got {self.group_temperature!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """The field's protocol (protocol.py): keep-ratio resize, then sliding windows."""
+    short_side: int = 448
+    max_long: int = 2048
+    crop: int = 448
+    stride: int = 224
+
+
+# --------------------------------------------------------------------------- units
+
+def _one_hot(ids, num, dtype=jnp.float32):
+    return jax.nn.one_hot(ids, num, dtype=dtype)
+
+
+def pool(p, ids, num: int):
+    """Normalised mean of p [N, E] per id in [0, num): [num, E] (zero rows for empty ids)."""
+    return l2_normalize(_one_hot(ids, num, p.dtype).T @ p)
+
+
+def group_segments(p, cfg: UnitConfig):
+    """Segment id [N] in [0, G) of each normalised patch: soft k-means centroids from G
+    evenly spaced patches (the region loss's `soft_kmeans`), then the nearest centroid."""
+    centres = soft_kmeans(p[None], cfg.num_groups, cfg.group_iters, cfg.group_temperature)[0]
+    return jnp.argmax(p @ centres.T, axis=-1)
+
+
+def split_parts(p, seg, centres, cfg: UnitConfig):
+    """Part id [N] in [0, S) of each patch inside its segment.
+
+    Per segment the part centres start farthest-point: the segment centroid, then
+    repeatedly the member least similar to every centre chosen so far (so a small,
+    distinct object gets a centre of its own); then `part_iters` hard k-means
+    updates restricted to the segment's members.
+    """
+    g, s = cfg.num_groups, cfg.num_parts
+    member = _one_hot(seg, g, bool).T                                   # [G, N]
+    chosen = [centres]
+    closest = jnp.sum(p * centres[seg], axis=-1)                        # [N] best sim to chosen
+    for _ in range(s - 1):
+        far = jnp.argmin(jnp.where(member, closest[None], jnp.inf), axis=1)   # [G]
+        chosen.append(p[far])
+        closest = jnp.maximum(closest, jnp.sum(p * chosen[-1][seg], axis=-1))
+    parts = jnp.stack(chosen, axis=1)                                   # [G, S, E]
+
+    def assign(parts):
+        return jnp.argmax(jnp.einsum("ne,nse->ns", p, parts[seg]), axis=-1)
+
+    for _ in range(cfg.part_iters):
+        onehot = _one_hot(seg * s + assign(parts), g * s, p.dtype)     # [N, G*S]
+        sums = (onehot.T @ p).reshape(g, s, -1)
+        filled = (onehot.sum(0) > 0).reshape(g, s, 1)
+        parts = jnp.where(filled, l2_normalize(sums), parts)            # empty parts keep their centre
+    return assign(parts)
+
+
+def pixel_unit(p, class_emb, cfg: UnitConfig = UnitConfig(), bg_thresh=None):
+    """Scores [N, C]: each patch's cosine with each class."""
+    del cfg, bg_thresh
+    return l2_normalize(p) @ class_emb.T
+
+
+def group_unit(p, class_emb, cfg: UnitConfig = UnitConfig(), bg_thresh=None):
+    """Scores [N, C]: every patch takes the score of its segment's pooled embedding."""
+    del bg_thresh
+    p = l2_normalize(p)
+    seg = group_segments(p, cfg)
+    return (pool(p, seg, cfg.num_groups) @ class_emb.T)[seg]
+
+
+def adaptive_unit(p, class_emb, cfg: UnitConfig = UnitConfig(), bg_thresh=None, with_aux=False):
+    """Scores [N, C]: segments labelled whole, unless a part of one must stand alone.
+
+    Segment g (centroid c_g, label y_g) is cut into S parts u. With y_n the pixel
+    unit's label of patch n (background rule included):
+      agreement a_u = mean_{n in u} [y_n == y_g]
+      coherence k_u = mean_{n in u} p_n . r_u,  r_u = centroid of g without u
+    Part u splits off (scored by its own pooled embedding) iff it is not all of g,
+    a_u < agreement_thresh and k_u < coherence_thresh; the other parts of g are
+    pooled together and scored as one unit. `with_aux` also returns the segment
+    and part ids, a, k and the decisions.
+    """
+    p = l2_normalize(p)
+    g, s = cfg.num_groups, cfg.num_parts
+    seg = group_segments(p, cfg)                                        # [N]
+    seg_onehot = _one_hot(seg, g, p.dtype)
+    seg_sum = seg_onehot.T @ p                                          # [G, E]
+    centres = l2_normalize(seg_sum)
+    seg_label = protocol.predict_labels(centres @ class_emb.T, bg_thresh)   # [G]
+    pix_label = protocol.predict_labels(p @ class_emb.T, bg_thresh)         # [N]
+
+    uid = seg * s + split_parts(p, seg, centres, cfg)                   # [N] in [0, G*S)
+    onehot = _one_hot(uid, g * s, p.dtype)
+    count = onehot.sum(0)                                               # [G*S]
+    rest = l2_normalize(jnp.repeat(seg_sum, s, axis=0) - onehot.T @ p)  # [G*S, E]
+    agreement = onehot.T @ (pix_label == seg_label[seg]).astype(p.dtype) / jnp.maximum(count, 1)
+    coherence = onehot.T @ jnp.sum(p * rest[uid], axis=-1) / jnp.maximum(count, 1)
+    whole = count == jnp.repeat(seg_onehot.sum(0), s)                   # the part is its segment
+    split = ((count > 0) & ~whole & (agreement < cfg.agreement_thresh)
+             & (coherence < cfg.coherence_thresh))                      # [G*S]
+    unit = jnp.where(split[uid], g + uid, seg)                          # [N] in [0, G + G*S)
+    scores = (pool(p, unit, g + g * s) @ class_emb.T)[unit]
+    if not with_aux:
+        return scores
+    aux = {"segments": seg, "parts": uid - seg * s, "units": unit,
+           "count": count.reshape(g, s), "agreement": agreement.reshape(g, s),
+           "coherence": coherence.reshape(g, s), "split": split.reshape(g, s),
+           "fine": split.reshape(g, s).any(axis=1)}
+    return scores, aux
+
+
+UNIT_FNS = {"pixel": pixel_unit, "group": group_unit, "adaptive": adaptive_unit}
+
+
+def unit_scores(unit: str, p, class_emb, cfg: UnitConfig = UnitConfig(), bg_thresh=None):
+    """Scores [N, C] of the unit named `unit` for one window's patches p [N, E]."""
+    if unit not in UNIT_FNS:
+        raise ValueError(f"unknown unit {unit!r}; choose from {list(UNITS)}")
+    return UNIT_FNS[unit](p, class_emb, cfg, bg_thresh)
+
+
+# --------------------------------------------------------------------------- model
+
+def patch_grid(model, hw: Sequence[int]) -> tuple[int, int]:
+    """Patch grid of the image tower for an (H, W) input."""
+    patch = vit.parse_variant(model.image_variant)["patch"]
+    h, w = int(hw[0]), int(hw[1])
+    if getattr(model, "image_stem", "patch") == "conv":   # stride-2 SAME convolutions round up
+        return -(-h // patch), -(-w // patch)
+    return h // patch, w // patch
+
+
+def fit_pos_embedding(params, grid: Sequence[int]):
+    """Params whose (square-trained) image position embedding is resized, bicubic, to `grid`."""
+    pos = params["image_tower"]["pos_embedding"]                      # [1, n0, c]
+    side = math.isqrt(pos.shape[1])
+    gh, gw = int(grid[0]), int(grid[1])
+    if side * side != pos.shape[1]:
+        if pos.shape[1] == gh * gw:
+            return params
+        raise ValueError(f"cannot resize a non-square position embedding of {pos.shape[1]} "
+                         f"positions to a {gh}x{gw} grid")
+    if (gh, gw) == (side, side):
+        return params
+    new = jax.image.resize(pos.reshape(side, side, -1), (gh, gw, pos.shape[-1]), "cubic",
+                           antialias=False).reshape(1, gh * gw, -1)
+    return {**params, "image_tower": {**params["image_tower"], "pos_embedding": new}}
+
+
+def window_unit_scores(model, units, cfg, bg_thresh, params, crops, class_emb):
+    """crops [n, H, W, 3] (normalised) -> patch-grid scores [len(units), n, h, w, C]."""
+    params = fit_pos_embedding(params, patch_grid(model, crops.shape[1:3]))
+    out = model.apply({"params": params}, crops, method=model.encode_image)
+    h, w = out["grid"]
+    p = l2_normalize(out["patch_embed"])
+    per_unit = [jax.vmap(functools.partial(UNIT_FNS[u], class_emb=class_emb, cfg=cfg,
+                                           bg_thresh=bg_thresh))(p) for u in units]
+    return jnp.stack(per_unit).reshape(len(units), crops.shape[0], h, w, -1)
+
+
+def upsample(scores, hw: Sequence[int]):
+    """Bilinear (half-pixel, no antialias) resize of [..., h, w, C] scores to (H, W)."""
+    shape = scores.shape[:-3] + (int(hw[0]), int(hw[1]), scores.shape[-1])
+    return jax.image.resize(scores, shape, "linear", antialias=False)
+
+
+def replicate(tree, devices):
+    """Copies of `tree` on every device, laid out for `jax.pmap` (leading axis = device)."""
+    n = len(devices)
+    stacked = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (n,) + np.shape(a)), tree)
+    return _pmapped_identity(tuple(devices))(stacked)
+
+
+@functools.lru_cache(maxsize=16)
+def _pmapped_identity(devices):
+    return jax.pmap(lambda t: t, devices=list(devices))
+
+
+# --------------------------------------------------------------------------- segmenter
+
+@functools.lru_cache(maxsize=16)
+def _pmapped(model, units, unit_config, bg_thresh, devices):
+    """One pmapped scorer per setting, so Segmenters that share it share compilations."""
+    fn = functools.partial(window_unit_scores, model, units, unit_config, bg_thresh)
+    return jax.pmap(fn, in_axes=(0, 0, None), devices=list(devices))
+
+
+class Segmenter:
+    """Per-pixel labels of a list of images for one or more units, windows sharded with pmap.
+
+    `segment(images)` runs the protocol on uint8 (H, W, 3) images of any size:
+    resize the short side, normalise, cut sliding windows, score the windows of
+    all images together (padded to whole device batches, padding dropped after),
+    upsample each window's scores, stitch, resize to the image, then the
+    background rule (label 0 = background when `bg_thresh` is set, else class c
+    is label c).
+    """
+
+    def __init__(self, model, params, class_emb, *, units: Sequence[str] = ("adaptive",),
+                 unit_config: UnitConfig = UnitConfig(),
+                 protocol_config: ProtocolConfig = ProtocolConfig(),
+                 bg_thresh: float | None = None, devices=None, windows_per_device: int = 4):
+        self.units = tuple(units)
+        bad = [u for u in self.units if u not in UNIT_FNS]
+        if bad or not self.units:
+            raise ValueError(f"unknown unit {bad[0] if bad else None!r}; choose from {list(UNITS)}")
+        if windows_per_device < 1:
+            raise ValueError(f"windows_per_device: expected >= 1, got {windows_per_device}")
+        self.protocol = protocol_config
+        self.bg_thresh = None if bg_thresh is None else float(bg_thresh)
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.windows_per_device = int(windows_per_device)
+        self.class_emb = jnp.asarray(class_emb, jnp.float32)
+        self._params = replicate(params, self.devices)
+        self._fn = _pmapped(model, self.units, unit_config, self.bg_thresh, tuple(self.devices))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_emb.shape[0])
+
+    def window_scores(self, crops) -> np.ndarray:
+        """crops [n, H, W, 3] (normalised) -> patch-grid scores [U, n, h, w, C] (host)."""
+        crops = np.asarray(crops, np.float32)
+        d, outs = len(self.devices), []
+        for start in range(0, crops.shape[0], d * self.windows_per_device):
+            chunk = crops[start:start + d * self.windows_per_device]
+            per_device = -(-chunk.shape[0] // d)
+            padded = np.zeros((d * per_device,) + chunk.shape[1:], np.float32)
+            padded[:chunk.shape[0]] = chunk
+            res = np.asarray(self._fn(self._params, padded.reshape((d, per_device) + chunk.shape[1:]),
+                                      self.class_emb))                  # [D, U, m, h, w, C]
+            res = np.moveaxis(res, 0, 1).reshape((len(self.units), d * per_device) + res.shape[3:])
+            outs.append(res[:, :chunk.shape[0]])
+        return np.concatenate(outs, axis=1)
+
+    def _windows(self, image):
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
+        pc = self.protocol
+        x = np.asarray(protocol.normalize(protocol.resize_short_side(img, pc.short_side, pc.max_long)))
+        wins = protocol.window_positions(x.shape[0], x.shape[1], pc.crop, pc.stride)
+        crops = np.stack([x[y1:y2, x1:x2] for (y1, y2, x1, x2) in wins])
+        return crops, wins, x.shape[:2]
+
+    def segment(self, images, return_logits: bool = False):
+        """Per image: labels [U, H, W] int32 (with `return_logits`, also logits [U, H, W, C])."""
+        prepared = [self._windows(img) for img in images]
+        by_shape: dict[tuple, list[int]] = {}
+        for i, (crops, _, _) in enumerate(prepared):
+            by_shape.setdefault(crops.shape[1:3], []).append(i)
+        window_scores = [None] * len(prepared)
+        for idx in by_shape.values():
+            scores = self.window_scores(np.concatenate([prepared[i][0] for i in idx]))
+            offsets = np.cumsum([0] + [len(prepared[i][1]) for i in idx])
+            for j, i in enumerate(idx):
+                window_scores[i] = scores[:, offsets[j]:offsets[j + 1]]
+        labels, logits = [], []
+        for image, (crops, wins, hw), scores in zip(images, prepared, window_scores):
+            per_unit_labels, per_unit_logits = [], []
+            for u in range(len(self.units)):
+                lg = protocol.stitch_windows(upsample(jnp.asarray(scores[u]), crops.shape[1:3]),
+                                             wins, *hw)
+                lg = protocol.resize_logits(lg, np.shape(image)[:2])
+                per_unit_labels.append(np.asarray(protocol.predict_labels(lg, self.bg_thresh)))
+                if return_logits:
+                    per_unit_logits.append(np.asarray(lg))
+            labels.append(np.stack(per_unit_labels))
+            if return_logits:
+                logits.append(np.stack(per_unit_logits))
+        return (labels, logits) if return_logits else labels

@@ -1,0 +1,99 @@
+"""benchmarks/input_pipeline.py and benchmarks/param_memory.py: core functions on tiny settings."""
+import importlib.util
+import os
+import sys
+
+import jax
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import cc3m  # noqa: E402
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                  os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def param_memory():
+    return _load("param_memory")
+
+
+@pytest.fixture(scope="module")
+def input_bench():
+    return _load("input_pipeline")
+
+
+def tiny_cc3m_config():
+    c = cc3m.get_config()
+    c.model.image_variant = "mu/8"
+    c.model.text_variant = "mu"
+    c.model.vocab_size = 500
+    c.input.image_size = 32
+    c.input.max_len = 16
+    c.input.object_max_len = 8
+    return c
+
+
+def test_param_memory_fsdp_splits_state_over_devices(param_memory):
+    n = 8
+    assert jax.device_count() >= n
+    mesh = param_memory.sharding.make_mesh(jax.devices()[:n])
+    config = tiny_cc3m_config()
+    rep = param_memory.state_memory(config, mesh, "replicated")
+    fsdp = param_memory.state_memory(config, mesh, "fsdp")
+    assert rep["params"] == fsdp["params"] > 100_000
+    # replicated: every device holds everything; float32 params, AdamW mu + nu (+ counters)
+    assert rep["param_bytes"] == rep["global_param_bytes"] == 4 * rep["params"]
+    assert abs(rep["opt_bytes"] - 2 * rep["param_bytes"]) < 1024
+    assert rep["whole_bytes"] == 0 or rep["whole_bytes"] == rep["param_bytes"] + rep["opt_bytes"]
+    # fsdp: the split leaves are 1/n per device, the small ones stay whole (no padding)
+    rep_state = rep["param_bytes"] + rep["opt_bytes"]
+    fsdp_state = fsdp["param_bytes"] + fsdp["opt_bytes"]
+    assert n * fsdp_state == rep_state + (n - 1) * fsdp["whole_bytes"]
+    assert 0 < fsdp["whole_bytes"] < 0.2 * rep_state
+    assert rep_state / n <= fsdp_state < rep_state / 3
+    assert fsdp["global_param_bytes"] == rep["global_param_bytes"]
+
+
+def test_param_memory_table_rows(param_memory):
+    rows = param_memory.table(["mu/8"], 2, vocab_size=500)
+    (variant, res), = rows
+    assert variant == "mu/8" and set(res) == {"replicated", "fsdp"}
+    assert res["fsdp"]["param_bytes"] < res["replicated"]["param_bytes"]
+
+
+def test_stage_specs_split_the_cc3m_chain(input_bench):
+    c = cc3m.get_config()
+    specs = input_bench.stage_specs(c.input.pp_train.format(**c.input))
+    assert specs["decode"] == "decode"
+    assert specs["augment"] == "random_resized_crop(224, 0.9, 1.0)|flip_lr|normalize"
+    assert specs["tokenize"] == "tokenize(77)|object_words(4)|object_prompts(16)"
+    assert specs["pp_train"].startswith("decode|") and "keep(" in specs["pp_train"]
+
+
+def test_input_stage_rates_on_a_tiny_built_dataset(input_bench, tmp_path):
+    from mgca_jax.data import input_pipeline
+    builder = input_bench.build_dataset(str(tmp_path), num_images=6, width=64, height=48,
+                                        num_workers=1)
+    assert builder.info.splits["train"].num_examples == 6
+    assert input_bench.build_dataset(str(tmp_path), 6, 64, 48).data_dir == builder.data_dir
+    mean_bytes, mean_px = input_bench.stored_image_stats(builder)
+    assert mean_px == 64 * 48 and mean_bytes > 500
+    config = tiny_cc3m_config()
+    config.data_dir = str(tmp_path)
+    ctx = input_pipeline.make_context(config, input_pipeline.get_tokenizer(config, builder))
+    specs, rates = input_bench.input_rates(config, builder, ctx, seconds=0.05, min_images=8,
+                                           parallels=(1,))
+    assert set(rates) == {(s, 1) for s in ("decode", "augment", "tokenize", "pp_train")}
+    assert all(r["wall"] > 0 and r["cpu"] > 0 for r in rates.values()), rates
+    assert specs["augment"] == "random_resized_crop(32, 0.9, 1.0)|flip_lr|normalize"
+    config.batch_size = 4
+    config.input.shuffle_buffer = 8
+    assert min(input_bench.measure_train_dataset(config, builder, ctx, seconds=0.05).values()) > 0
+    assert input_bench.cores_needed(1000.0, 250.0) == pytest.approx(4.0)

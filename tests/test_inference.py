@@ -1,0 +1,223 @@
+"""Prediction units on constructed features, pmap == one device, window stitching."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mgca_jax import inference as I
+from mgca_jax.data import scenes
+from mgca_jax.evaluation import protocol, zeroshot
+from mgca_jax.models.two_tower import TwoTower
+
+E = 16
+EYE = np.eye(E, dtype=np.float32)
+CLASSES = jnp.asarray(EYE[:3])        # 0 grass, 1 sky, 2 cat: one axis each
+GRASS, SKY, CAT = 0, 1, 2
+TWO = I.UnitConfig(num_groups=2)      # two segments: the top and the bottom half
+UNIT_CFG = I.UnitConfig(num_groups=4, group_iters=2, num_parts=2, part_iters=1)  # small: quick to compile
+
+
+def _norm(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _halves(top, bottom=EYE[SKY] + EYE[4]):
+    """An 8x8 feature map: `top` on rows 0-3, sky on rows 4-7 (features as [64, E])."""
+    f = np.zeros((8, 8, E), np.float32)
+    f[:4], f[4:] = top, bottom
+    return f
+
+
+unit_scores = jax.jit(I.unit_scores, static_argnums=(0, 3, 4))
+adaptive_aux = jax.jit(functools.partial(I.adaptive_unit, with_aux=True), static_argnums=(2,))
+
+
+def _labels(unit, f):
+    return np.asarray(unit_scores(unit, jnp.asarray(f.reshape(64, E)), CLASSES, TWO)
+                      .argmax(-1)).reshape(8, 8)
+
+
+def test_speckle_from_noise_is_merged():
+    # Top half leans to grass by a small margin: grass 1.0 vs sky 0.8 (before normalising,
+    # |f| = 1.62). Noise of 0.1 per axis (|noise| ~ 0.4) moves the sky-minus-grass score
+    # by N(0, 0.1 * sqrt(2)) against a margin of 0.2 / 1.62 = 0.12: ~20% of the 32 top
+    # patches flip, so the pixel unit speckles. Pooling 32 patches cuts the noise by
+    # sqrt(32) (5 sigma of margin), so the segment is grass.
+    truth = np.repeat([GRASS, SKY], 4)[:, None] * np.ones((1, 8), int)
+    rng = np.random.default_rng(0)
+    f = _norm(_halves(EYE[GRASS] + 0.8 * EYE[SKY] + EYE[3])) + 0.1 * rng.normal(size=(8, 8, E))
+    f = f.astype(np.float32)
+    pixel_errors = int((_labels("pixel", f) != truth).sum())
+    assert 3 <= pixel_errors <= 12                       # expected ~6 flipped patches
+    assert (_labels("group", f) == truth).all()
+    assert (_labels("adaptive", f) == truth).all()
+    _, aux = adaptive_aux(jnp.asarray(f.reshape(64, E)), CLASSES, TWO)
+    # The flipped patches disagree (agreement 0) but look like the rest of their segment:
+    # cos ~ 1 / sqrt(1 + 16 * 0.1**2) = 0.93 >> 0.5, so no part splits off.
+    assert not np.asarray(aux["split"]).any() and not np.asarray(aux["fine"]).any()
+    used = np.asarray(aux["count"]) > 0
+    assert np.asarray(aux["coherence"])[used].min() > 0.7
+
+
+def test_small_object_in_a_large_segment_keeps_its_label():
+    # A 2x2 cat inside the grass half. cos(cat, grass) = 0.6 / (|cat| |grass|)
+    # = 0.6 / (1.166 * 1.414) = 0.364 > cos(cat, sky) = 0, so with two segments the cat
+    # joins the grass segment, whose pooled embedding (28 grass + 4 cat) scores grass
+    # 28 / 1.414 = 19.8 vs cat 4 / 1.166 = 3.4: the group unit swallows the cat.
+    f = _halves(EYE[GRASS] + EYE[3])
+    f[1:3, 5:7] = EYE[CAT] + 0.6 * EYE[3]
+    f = _norm(f)
+    truth = np.repeat([GRASS, SKY], 4)[:, None] * np.ones((1, 8), int)
+    truth[1:3, 5:7] = CAT
+    assert (_labels("pixel", f) == truth).all()
+    group = _labels("group", f)
+    assert (group[1:3, 5:7] == GRASS).all() and (group != truth).sum() == 4
+    assert (_labels("adaptive", f) == truth).all()
+    _, aux = adaptive_aux(jnp.asarray(f.reshape(64, E)), CLASSES, TWO)
+    split = np.asarray(aux["split"])
+    assert split.sum() == 1 and np.asarray(aux["fine"]).tolist() == [True, False]
+    g, s = np.argwhere(split)[0]
+    assert np.asarray(aux["count"])[g, s] == 4                         # exactly the cat
+    assert np.asarray(aux["agreement"])[g, s] == 0.0                   # pixels say cat, segment grass
+    assert np.asarray(aux["coherence"])[g, s] == pytest.approx(0.6 / (np.sqrt(1.36) * np.sqrt(2)), abs=1e-4)
+
+
+def test_two_toned_texture_is_not_split():
+    # A checkerboard of two looks of one thing: one look scores sky, the other grass, so
+    # the pixel unit labels half the patches wrong. The looks have cosine
+    # (0.75 + 0.39 + 1) / (1.715 * 1.828) = 0.68 >= 0.5, so the adaptive unit keeps the
+    # segment whole and it takes the pooled (grass 1.0 > sky 0.8) label.
+    yy, xx = np.mgrid[:4, :8]
+    look_a = 0.5 * EYE[GRASS] + 1.3 * EYE[SKY] + EYE[3]
+    look_b = 1.5 * EYE[GRASS] + 0.3 * EYE[SKY] + EYE[3]
+    f = _norm(_halves(np.where(((yy + xx) % 2 == 0)[..., None], look_a, look_b)))
+    truth = np.repeat([GRASS, SKY], 4)[:, None] * np.ones((1, 8), int)
+    assert (_labels("pixel", f) != truth).sum() == 16
+    assert (_labels("adaptive", f) == truth).all()
+    _, aux = adaptive_aux(jnp.asarray(f.reshape(64, E)), CLASSES, TWO)
+    assert not np.asarray(aux["split"]).any()
+    assert np.asarray(aux["coherence"]).max() == pytest.approx(0.683, abs=1e-3)
+
+
+def test_background_rule_counts_in_agreement():
+    # With a threshold above every grass score, the cat part (agreement: pixel label cat
+    # vs segment label background) still splits; grass and sky become background.
+    f = _halves(EYE[GRASS] + EYE[3])
+    f[1:3, 5:7] = EYE[CAT] + 0.6 * EYE[3]
+    f = _norm(f)
+    scores = unit_scores("adaptive", jnp.asarray(f.reshape(64, E)), CLASSES, TWO, 0.75)
+    labels = np.asarray(protocol.predict_labels(scores, 0.75)).reshape(8, 8)
+    want = np.zeros((8, 8), int)
+    want[1:3, 5:7] = CAT + 1
+    np.testing.assert_array_equal(labels, want)
+
+
+def test_unit_config_and_names():
+    with pytest.raises(ValueError, match="num_groups"):
+        I.UnitConfig(num_groups=0)
+    with pytest.raises(ValueError, match="unknown unit"):
+        I.unit_scores("region", jnp.ones((4, E)), CLASSES)
+
+
+# --------------------------------------------------------------------------- with a model
+
+def random_params(model, image_size, seed=0):
+    """Random params of the model's shapes (compiling `model.init` takes seconds on CPU)."""
+    batch = {"image": jnp.zeros((1, image_size, image_size, 3)), "tokens": jnp.ones((1, 8), jnp.int32)}
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return np.ones(s.shape, s.dtype)
+        std = 1 / np.sqrt(s.shape[-2]) if len(s.shape) >= 2 else 0.02
+        return (std * rng.normal(size=s.shape)).astype(s.dtype)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    model = TwoTower(image_variant="mu/8", text_variant="mu", vocab_size=64, max_len=8, embed_dim=32)
+    class_emb = I.l2_normalize(jnp.asarray(np.random.default_rng(1).normal(size=(5, 32)), jnp.float32))
+    return model, random_params(model, 64), class_emb
+
+
+def _images(n, size=64):
+    return [scenes.make_example(3, i, size)["image"] for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bg(model_and_params):
+    """A background threshold that makes about half of the pixels background."""
+    model, params, class_emb = model_and_params
+    x = jnp.stack([protocol.normalize(img) for img in _images(3)])
+    scores = jax.jit(zeroshot.patch_scores, static_argnums=0)(model, params, x, class_emb)
+    return float(np.median(np.asarray(scores).max(-1)))
+
+
+@pytest.fixture(scope="module")
+def whole_image_scores(model_and_params, bg):
+    """Unit scores of one whole normalised image [1, 64, 64, 3], upsampled: [U, 64, 64, C]."""
+    model, params, class_emb = model_and_params
+    fn = jax.jit(I.window_unit_scores, static_argnums=(0, 1, 2, 3))
+    return lambda x: I.upsample(fn(model, I.UNITS, UNIT_CFG, bg, params, x, class_emb), x.shape[1:3])[:, 0]
+
+
+ONE_WINDOW = I.ProtocolConfig(short_side=64, crop=64, stride=32)   # 64x64 images: one window
+
+
+def _segmenter(model_and_params, devices, bg, pcfg=ONE_WINDOW):
+    model, params, class_emb = model_and_params
+    return I.Segmenter(model, params, class_emb, units=I.UNITS, unit_config=UNIT_CFG, protocol_config=pcfg,
+                       bg_thresh=bg, devices=devices, windows_per_device=1)
+
+
+def test_pmap_equals_one_device_and_one_window_equals_whole_image(model_and_params, bg,
+                                                                  whole_image_scores):
+    model, params, class_emb = model_and_params
+    devices = jax.local_devices()
+    assert len(devices) == 8
+    images = _images(3)                                  # 3 windows of 64x64: 5 of 8 are padding
+    x = jnp.stack([protocol.normalize(img) for img in images])
+    # One window per device call on either side: the same per-device program, so the
+    # results agree to the last bit (k-means argmaxes included).
+    one, one_lg = _segmenter(model_and_params, devices[:1], bg).segment(images, return_logits=True)
+    eight, eight_lg = _segmenter(model_and_params, devices, bg).segment(images, return_logits=True)
+    for i in range(len(images)):
+        assert eight[i].shape == (3, 64, 64)
+        np.testing.assert_array_equal(one[i], eight[i])
+        np.testing.assert_allclose(one_lg[i], eight_lg[i], rtol=1e-6, atol=1e-6)
+        # the window covers the image: stitching is the identity
+        whole = whole_image_scores(x[i:i + 1])
+        np.testing.assert_allclose(eight_lg[i], whole, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(eight[i], protocol.predict_labels(whole, bg))
+    assert 0.2 < np.mean([(e[0] == 0).mean() for e in eight]) < 0.8   # background and classes
+    # the pixel unit is the trainer's zero-shot prediction
+    np.testing.assert_array_equal(np.stack([e[0] for e in eight]),
+                                  zeroshot.predict(model, params, x, class_emb, bg))
+
+
+def test_many_windows_of_several_images_stitch_like_the_protocol(model_and_params, bg,
+                                                                 whole_image_scores):
+    # Windows of two images of different sizes, batched together over 8 devices, give
+    # the logits of protocol.infer_logits run image by image, window by window.
+    pcfg = I.ProtocolConfig(short_side=80, crop=64, stride=32)
+    seg = _segmenter(model_and_params, jax.local_devices(), bg, pcfg)
+    imgs = [_images(1)[0], np.ascontiguousarray(_images(2, 80)[1][:64])]   # 64x64 and 64x80
+    _, logits = seg.segment(imgs, return_logits=True)
+    for image, lg in zip(imgs, logits):
+        for u in range(len(I.UNITS)):
+            ref = protocol.infer_logits(image, lambda c, u=u: whole_image_scores(c)[u][None], 5,
+                                        short=80, crop=64, stride=32, batch_size=1)
+            assert lg[u].shape == image.shape[:2] + (5,)
+            np.testing.assert_allclose(lg[u], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_position_embedding_follows_the_grid(model_and_params):
+    _, params, _ = model_and_params
+    assert I.fit_pos_embedding(params, (8, 8)) is params
+    pos = I.fit_pos_embedding(params, (6, 10))["image_tower"]["pos_embedding"]
+    assert pos.shape == (1, 60, 128)

@@ -1,0 +1,153 @@
+"""`python -m mgca_jax.evaluate` and `python -m mgca_jax.segment` on a saved random checkpoint."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import tiny  # noqa: E402
+
+from mgca_jax.data import scenes  # noqa: E402
+from mgca_jax.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from mgca_jax.evaluation import benchmarks  # noqa: E402
+from mgca_jax.models.two_tower import make_model  # noqa: E402
+
+# Fast protocol for a model trained at 32 px: 64 px images -> 72 px, 48 px windows
+# (position embedding resized 4x4 -> 6x6), stride 16: 3x3 windows per image.
+FAST = ["--short_side=72", "--crop=48", "--stride=16", "--windows_per_device=2"]
+
+
+def _random_params(model, config, seed=0):
+    s = config.input.image_size
+    batch = {"image": jnp.zeros((1, s, s, 3)), "tokens": jnp.ones((1, config.input.max_len), jnp.int32)}
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(path, x):
+        if "scale" in jax.tree_util.keystr(path):
+            return jnp.ones(x.shape, x.dtype)
+        std = 1 / np.sqrt(x.shape[-2]) if len(x.shape) >= 2 else 0.02
+        return jnp.asarray(std * rng.normal(size=x.shape), x.dtype)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A run directory laid out as train.py writes it: config.json + checkpoints/0 (random)."""
+    root = tmp_path_factory.mktemp("run")
+    spm = str(root / "spm.model")
+    train_tokenizer([scenes.make_example(0, i, 32)["caption"] for i in range(200)], spm, 64)
+    config = tiny.get_config()
+    config.data_dir = str(root)
+    config.input.tokenizer = spm
+    config.model.vocab_size = Tokenizer(spm).vocab_size
+    params = _random_params(make_model(config), config)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optax.adamw(1e-3).init(params)}
+    wd = root / "wd"
+    with ocp.CheckpointManager(str(wd / "checkpoints"),
+                               options=ocp.CheckpointManagerOptions(create=True)) as mngr:
+        mngr.save(0, args=ocp.args.StandardSave(state))
+        mngr.wait_until_finished()
+    (wd / "config.json").write_text(json.dumps(config.to_dict()))
+    return wd
+
+
+@pytest.fixture(scope="module")
+def voc_dir(tmp_path_factory):
+    """Three embedded scenes in the VOC 2012 layout (JPEG images, PNG masks; scene ids
+    1..8 stand for VOC ids 1..8, 0 is background, the top row is 255 = ignore)."""
+    root = tmp_path_factory.mktemp("voc")
+    base = root / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / d).mkdir(parents=True)
+    names = [f"2008_{i:06d}" for i in range(3)]
+    for i, name in enumerate(names):
+        ex = scenes.make_example(11, i, 64)
+        Image.fromarray(ex["image"]).save(base / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=95)
+        mask = ex["mask"][..., 0] if ex["mask"].ndim == 3 else ex["mask"]
+        mask = mask.astype(np.uint8)
+        mask[0] = 255
+        Image.fromarray(mask).save(base / "SegmentationClass" / f"{name}.png", format="PNG")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names) + "\n")
+    assert benchmarks.count("voc21", root) == 3
+    return root
+
+
+def run(module, *args):
+    # Two host devices: windows are still sharded with pmap; fewer threads on a small CPU.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_voc21_all_units(workdir, voc_dir, tmp_path):
+    out = tmp_path / "results.json"
+    proc = run("mgca_jax.evaluate", f"--workdir={workdir}", "--dataset=voc21", f"--data_dir={voc_dir}",
+               "--unit=all", "--limit=2", f"--out={out}", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "images/s" in proc.stdout and "ETA" in proc.stdout and "2 devices" in proc.stdout
+    for unit in ("pixel", "group", "adaptive"):
+        assert f"voc21, {unit} unit" in proc.stdout
+    assert proc.stdout.count("mIoU:") == 3 and "| aeroplane" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["step"] == 0 and res["checkpoint"].endswith(os.path.join("checkpoints", "0"))
+    voc = res["results"]["voc21"]
+    assert voc["num_images"] == 2 and len(voc["label_names"]) == 21
+    assert voc["protocol"] == {"short_side": 72, "max_long": 2048, "crop": 48, "stride": 16}
+    for unit in ("pixel", "group", "adaptive"):
+        r = voc["units"][unit]
+        assert math.isfinite(r["miou"]) and 0.0 <= r["miou"] <= 1.0
+        assert set(r["iou"]) == set(benchmarks.get_benchmark("voc21").label_names)
+        defined = [v for v in r["iou"].values() if v is not None]
+        assert r["miou"] == pytest.approx(np.mean(defined))
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    for n in needles:
+        assert str(n) in lines[0], lines[0]
+
+
+def test_bad_paths_give_one_line_errors(workdir, tmp_path):
+    missing = tmp_path / "nowhere"
+    _one_line_error(run("mgca_jax.evaluate", f"--workdir={missing}", "--dataset=voc21",
+                        f"--data_dir={tmp_path}"), "--workdir", missing)
+    _one_line_error(run("mgca_jax.evaluate", f"--workdir={workdir}", "--dataset=voc21",
+                        f"--data_dir={tmp_path}"), tmp_path / "VOCdevkit" / "VOC2012")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    _one_line_error(run("mgca_jax.segment", f"--checkpoint={workdir / 'checkpoints' / '7'}",
+                        f"--image={image}", "--classes=a,b", f"--out_dir={tmp_path}"),
+                    workdir / "checkpoints" / "7")
+
+
+def test_segment_writes_overlay_and_labels(workdir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(scenes.make_example(2, 0, 64)["image"]).save(images / "scene.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(images / "noise.jpg")
+    out = tmp_path / "out"
+    proc = run("mgca_jax.segment", f"--checkpoint={workdir / 'checkpoints' / '0'}", f"--image={images}",
+               "--classes=circle, square,ring", f"--out_dir={out}", "--bg_thresh=0.0", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "label_names.json").read_text()) == {
+        "0": "background", "1": "circle", "2": "square", "3": "ring"}
+    for name, (h, w) in (("scene", (64, 64)), ("noise", (40, 56))):
+        with Image.open(out / f"{name}_labels.png") as im:
+            assert im.mode == "L" and im.size == (w, h)
+            assert np.asarray(im).max() <= 3
+        with Image.open(out / f"{name}_overlay.png") as im:
+            assert im.mode == "RGB" and im.width >= w and im.height > h    # legend below
