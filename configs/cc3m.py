@@ -1,12 +1,30 @@
 """MGCA on CC3M at paper scale (full objective).
 
-  python -m mgca_jax.main --config=configs/cc3m.py --workdir=gs://BUCKET/mgca_cc3m \
-      --config.data_dir=/data/tfds --config.input.tokenizer=/data/spm_cc3m_16k.model
+Build the data set and the tokenizer once (README, "Training on CC3M"), then on every host:
+
+  python -m mgca_jax.main --config=configs/cc3m.py --workdir=/shared/runs/mgca_cc3m \
+      --config.data_dir=/shared/tfds --config.input.tokenizer=/shared/spm_cc3m_16k.model
+
+How the run finds its inputs:
+- Images and captions: the prepared TFDS data set `cc3m` (config `default`) under
+  `config.data_dir`, i.e. DATA_DIR/cc3m/default/1.0.0, written by
+  `python -m mgca_jax.data.cc3m_builder --manual_dir=SHARDS --data_dir=DATA_DIR`.
+  It must be a local or mounted path that every host can read (gs:// is not accepted).
+- Tokenizer: `config.input.tokenizer`, a SentencePiece model trained once with
+  `python -m mgca_jax.data.tokenizer --input=CAPTIONS --output=MODEL --vocab_size=16000`.
+  Left empty, the run uses DATA_DIR/cc3m/default/1.0.0/spm_16000.model
+  (`input.vocab_size`) and, if that file is missing, trains it there from the
+  captions; on several hosts each would do so, so train it before the launch.
+- Object words: extracted per caption inside the input pipeline (the `object_words`
+  op of `pp_train`) by `config.input.object_extractor` ("lexicon") from
+  `config.input.lexicon` ("" = the shipped mgca_jax/data/lexicon/objects.txt).
 
 Where the values come from:
 - Towers: ViT-S/16 at 224x224 and a 12-layer, 256-wide text Transformer with
   77 tokens, 256-d joint space: GroupViT's from-scratch recipe on CC3M-scale
   data (shared/reference/eval-protocol.md).
+- Tokenizer: 16000 SentencePiece pieces trained on the CC3M training captions
+  (the embedded world's 512 is far too small for web captions).
 - Optimiser: AdamW, lr 1.6e-3, weight decay 0.05, grad-clip 5.0, cosine decay
   with 2 warm-up epochs of 30, global batch 4096: GroupViT's recipe. CC3M has
   ~2.88M usable pairs, so one epoch is ~704 steps at 4096.
@@ -42,7 +60,8 @@ def get_config():
     c.input.max_len = 77
     c.input.object_max_len = 16
     c.input.num_objects = 4
-    c.input.tokenizer = ""             # "" = train on all captions and cache; pass a model instead
+    c.input.vocab_size = 16_000        # pieces of the cached tokenizer; the model takes the loaded one's size
+    c.input.tokenizer = ""             # the trained model; "" = DATA_DIR/cc3m/default/1.0.0/spm_16000.model
     c.input.shuffle_buffer = 250_000
     c.input.pp_train = ("decode|random_resized_crop({image_size}, 0.9, 1.0)|flip_lr|normalize|"
                         "tokenize({max_len})|object_words({num_objects})|"

@@ -48,7 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.weights = ml_collections.ConfigDict(dict(image_text=1.0, object=0.0, region=0.0, pixel=0.0))
+    c.loss.weights = ml_collections.ConfigDict(
+        dict(image_text=1.0, object=0.0, region=0.0, pixel=0.0, background=0.0))
+    c.loss.image_text_pool = "mean"        # or "topk": mean of the best patches per caption
+    c.loss.image_text_topk = 0.25          # fraction of patches for "topk"
     c.loss.object_temperature = 0.07       # <= 0: use the learnable logit scale
     c.loss.object_attn_temperature = 0.05  # attention pooling over patches
     c.loss.region_temperature = 0.0        # learnable, shared with image_text
@@ -63,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.pixel_anchors = 16              # anchor patches per image
     c.loss.pixel_hard_k = 8                # mined negatives per anchor / unit
     c.loss.pixel_chunk = 1024              # units scored at once when mining
+    c.loss.background_margin = 0.3         # cosine; matches eval.bg_thresh
+    c.loss.background_fraction = 0.5       # bottom fraction of an image's patches = pseudo background
+    c.loss.background_anchors = 16         # per kind (object / background) per image
 
     c.sharding = ml_collections.ConfigDict()
     c.sharding.params = "replicated"  # or "fsdp"
@@ -75,15 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.every = 0                  # 0 = only at the end
     c.eval.batch_size = 64
     c.eval.templates = "custom"       # TCL's 9 prompt templates
-    c.eval.bg_score = "cosine"
     c.eval.bg_thresh = 0.3
-    c.eval.num_examples = 8
-    c.eval.class_names = ""           # "a,b,c"; "" = the data set's class names           # rows in the PNG grid
+    c.eval.num_examples = 8           # rows in the PNG grid
+    c.eval.class_names = ""           # "a,b,c"; "" = the data set's class names
     return c
 
 
 
-def multi_grained_loss(c, image_text=1.0, object=1.0, region=1.0, pixel=1.0):
+def multi_grained_loss(c, image_text=1.0, object=1.0, region=1.0, pixel=1.0, background=0.0):
     """Switches on MGCA's full objective (weights per term)."""
-    c.loss.weights = dict(image_text=image_text, object=object, region=region, pixel=pixel)
+    c.loss.weights = dict(image_text=image_text, object=object, region=region, pixel=pixel,
+                          background=background)
     return c

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # TPU VM pod: create, copy the code, install, run on all workers, collect logs.
 #   launch/tpu_pod.sh NAME ZONE ACCELERATOR create|setup|run|logs|delete [trainer flags...]
-#   e.g. launch/tpu_pod.sh mgca us-central2-b v4-64 run --config=configs/cc3m.py --workdir=gs://b/run1 ...
+#   e.g. launch/tpu_pod.sh mgca us-central2-b v4-64 run --config=configs/cc3m.py --workdir=/shared/runs/run1 ...
+# The workdir and --config.data_dir must be a path mounted on every worker (gs:// is not supported yet).
 # jax.distributed.initialize() needs no arguments on TPU pods.
 set -euo pipefail
 name=$1 zone=$2 accel=$3 action=$4; shift 4

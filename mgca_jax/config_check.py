@@ -50,3 +50,11 @@ def check_config(config, num_devices: int) -> None:
         losses.active_terms(config.loss)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    loss = config.loss
+    if loss.get("image_text_pool", "mean") not in ("mean", "topk"):
+        raise ConfigError(f"config.loss.image_text_pool: unknown pooling {loss.image_text_pool!r}; "
+                          "use 'mean' or 'topk'")
+    for field in ("image_text_topk", "background_fraction", "pixel_top_fraction"):
+        v = loss.get(field, 0.5)
+        if not _is_number(v) or not 0 < v <= 1:
+            raise ConfigError(f"config.loss.{field}: expected a fraction in (0, 1], got {v!r}")

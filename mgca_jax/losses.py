@@ -40,20 +40,40 @@ def cross_entropy(logits, labels, weights=None):
 
 
 def image_text_term(out, batch, cfg, axis_name, rng):
-    """Symmetric InfoNCE between pooled image and caption embeddings.
+    """Symmetric InfoNCE between images and captions over the global batch.
 
     Local rows [b] against the gathered global batch [B]; positives on the
-    (offset + i) diagonal.
+    (offset + i) diagonal. The image-caption score is the cosine of the pooled
+    (mean) embeddings, or with `image_text_pool="topk"` the mean of the top
+    `image_text_topk` fraction of patch-caption cosines (multiple-instance
+    pooling: a caption must match some patches, not the image average).
     """
-    del batch, cfg, rng
-    img = l2_normalize(out["image_embed"])
+    del batch, rng
     txt = l2_normalize(out["text_embed"])
-    b = img.shape[0]
-    labels = shard_offset(b, axis_name) + jnp.arange(b)
+    b = txt.shape[0]
+    offset = shard_offset(b, axis_name)
+    labels = offset + jnp.arange(b)
     scale = out["logit_scale"]
+    if cfg.get("image_text_pool", "mean") == "topk":
+        sim = topk_pooled_scores(out["patch_embed"], gather(txt, axis_name),
+                                 float(cfg.get("image_text_topk", 0.25)))        # [b, B]
+        full = gather(sim, axis_name)                                           # [B, B]
+        i2t, n = cross_entropy(scale * sim, labels)
+        t2i, _ = cross_entropy(scale * jax.lax.dynamic_slice_in_dim(full, offset, b, axis=1).T, labels)
+        return 0.5 * (i2t + t2i), n
+    img = l2_normalize(out["image_embed"])
     i2t, n = cross_entropy(scale * img @ gather(txt, axis_name).T, labels)
     t2i, _ = cross_entropy(scale * txt @ gather(img, axis_name).T, labels)
     return 0.5 * (i2t + t2i), n
+
+
+def topk_pooled_scores(patch_embed, texts, fraction):
+    """patch_embed [b, N, E], texts [B, E] (normalised) -> [b, B]: mean of the
+    top ceil(fraction * N) patch cosines of each image for each text."""
+    n = patch_embed.shape[1]
+    k = max(1, min(n, int(-(-fraction * n // 1))))
+    cos = jnp.einsum("bne,te->btn", l2_normalize(patch_embed), texts)
+    return jax.lax.top_k(cos, k)[0].mean(-1)
 
 
 NEG = -1e9  # logit of an excluded candidate
@@ -259,13 +279,66 @@ def pixel_term(out, batch, cfg, axis_name, rng):
     return (ce_a * n_a + ce_b * n_b) / jnp.maximum(count, 1.0), count
 
 
+def background_term(out, batch, cfg, axis_name, rng):
+    """Pixel level, against a constant background score (TCL's inference rule).
+
+    Confident patches (the pixel term's pseudo labels) must score above the
+    margin m with their word unit; pseudo-background patches (the bottom
+    `background_fraction` of an image by best own-word score) must score below
+    m with every unit of the global batch, via InfoNCE whose positive is the
+    constant m and whose negatives are the `pixel_hard_k` most similar units.
+    Up to `background_anchors` of each kind per image. See docs/method.md.
+    """
+    p = l2_normalize(out["patch_embed"])                       # [b, N, E]
+    o = l2_normalize(out["object_embed"])                      # [b, K, E]
+    ids, valid = batch["object_ids"], batch["object_mask"]
+    b, n, e = p.shape
+    scale, margin = _tau(cfg, "pixel", out), float(cfg.background_margin)
+    assign, confident = pseudo_labels(p, o, valid, cfg)
+    best = jax.lax.stop_gradient(
+        jnp.where(valid[:, None, :], jnp.einsum("bne,bke->bnk", p, o), -jnp.inf).max(-1))  # [b, N]
+    n_bg = max(1, int(round(cfg.background_fraction * n)))
+    kth = -jax.lax.top_k(-best, n_bg)[0][:, -1:]
+    background = (best <= kth) & valid.any(-1, keepdims=True) & ~confident
+    img = shard_offset(b, axis_name) + jnp.arange(b)
+    n_anchor = min(cfg.background_anchors, n)
+
+    def sample(eligible, salt):
+        g = jax.vmap(lambda i: jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(rng, salt), i),
+                                                 (n,)))(img)
+        _, idx = jax.lax.top_k(jnp.where(eligible, g, -jnp.inf), n_anchor)
+        return idx, jnp.take_along_axis(eligible, idx, axis=1)
+
+    # Object anchors: cos(patch, its unit) above the margin.
+    idx, ok_fg = sample(confident, 0)
+    slot = jnp.take_along_axis(assign, idx, axis=1)
+    pos = (jnp.take_along_axis(p, idx[..., None], axis=1)
+           * jnp.take_along_axis(o, slot[..., None], axis=1)).sum(-1)            # [b, A]
+    loss_fg = jax.nn.softplus(scale * (margin - pos))
+    # Background anchors: the constant beats the hardest units of the batch.
+    idx, ok_bg = sample(background, 1)
+    q = jnp.take_along_axis(p, idx[..., None], axis=1).reshape(-1, e)           # [bA, E]
+    all_o = gather(o, axis_name).reshape(-1, e)
+    all_valid = gather(valid, axis_name).reshape(-1)
+    neg_idx, neg_ok = _mine_top_k(q, all_o, jnp.broadcast_to(all_valid[None], (q.shape[0], all_valid.size)),
+                                  cfg.pixel_hard_k, cfg.pixel_chunk)
+    sims = jnp.where(neg_ok, jnp.einsum("qe,qke->qk", q, all_o[neg_idx]), NEG / scale)
+    logits = jnp.concatenate([jnp.full((q.shape[0], 1), margin), sims], axis=1) * scale
+    loss_bg = jax.nn.logsumexp(logits, axis=1) - logits[:, 0]
+    w_fg, w_bg = ok_fg.reshape(-1).astype(p.dtype), ok_bg.reshape(-1).astype(p.dtype)
+    count = w_fg.sum() + w_bg.sum()
+    total = (loss_fg.reshape(-1) * w_fg).sum() + (loss_bg * w_bg).sum()
+    return total / jnp.maximum(count, 1.0), count
+
+
 TERMS: dict[str, Callable] = {
     "image_text": image_text_term,
     "object": object_term,
     "region": region_term,
     "pixel": pixel_term,
+    "background": background_term,
 }
-NEEDS_OBJECTS = {"object", "pixel"}  # terms that use object_embed
+NEEDS_OBJECTS = {"object", "pixel", "background"}  # terms that use object_embed
 
 
 def needs_objects(loss_cfg) -> bool:

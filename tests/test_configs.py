@@ -32,6 +32,7 @@ def test_cc3m_is_paper_scale():
     c = load("cc3m")
     assert (c.model.image_variant, c.input.image_size, c.batch_size) == ("S/16", 224, 4096)
     assert c.input.max_len == 77 and c.model.text_variant == "S"
+    assert c.input.vocab_size == 16000  # the CC3M tokenizer, not the toy world's 512
     assert set(losses.active_terms(c.loss)) == {"image_text", "object", "region", "pixel"}
 
 
@@ -44,3 +45,10 @@ def test_bad_values_name_the_field():
     c.sharding.params = "zero3"
     with pytest.raises(config_check.ConfigError, match="config.sharding.params"):
         config_check.check_config(c, 1)
+    for field, value in (("loss.image_text_pool", "max"), ("loss.image_text_topk", 0.0),
+                         ("loss.background_fraction", 1.5), ("model.attention_radius", "1,2")):
+        c = load("demo")
+        group, name = field.split(".")
+        c[group][name] = value
+        with pytest.raises(config_check.ConfigError, match=f"config.{field}"):
+            config_check.check_config(c, 1)

@@ -24,7 +24,7 @@ from mgca_jax.sharding import make_mesh
 EPS = 1e-6
 RTOL, ATOL = 1e-5, 1e-5          # float32 loss vs float64 reference
 GRAD_RTOL, GRAD_ATOL = 2e-4, 2e-6  # float32 vs float32, different summation orders
-TERM_NAMES = ("image_text", "object", "region", "pixel")
+TERM_NAMES = ("image_text", "object", "region", "pixel", "background")
 
 
 # --------------------------------------------------------------------------- set-up
@@ -118,8 +118,19 @@ def scale_of(cfg, name, out):
 
 def ref_image_text(out, batch, cfg, xp=np):
     out = as_xp(out, xp)
-    img, txt = nrm(out["image_embed"], xp), nrm(out["text_embed"], xp)
-    s, d = out["logit_scale"], np.arange(img.shape[0])
+    txt = nrm(out["text_embed"], xp)
+    s, d = out["logit_scale"], np.arange(txt.shape[0])
+    if cfg.get("image_text_pool", "mean") == "topk":
+        # sim[i, j] = mean of the k largest cos(patch of image i, caption j), by a full sort
+        p = nrm(out["patch_embed"], xp)
+        N = p.shape[1]
+        k = int(np.ceil(cfg.image_text_topk * N))
+        cos = xp.einsum("ine,je->ijn", p, txt)
+        fixed = cos if xp is np else jax.lax.stop_gradient(cos)   # the choice carries no gradient
+        order = xp.argsort(-fixed, axis=-1)[..., :k]
+        sim = xp.take_along_axis(cos, order, axis=-1).mean(-1)
+        return 0.5 * (ce_rows(s * sim, d, xp).mean() + ce_rows(s * sim.T, d, xp).mean())
+    img = nrm(out["image_embed"], xp)
     return 0.5 * (ce_rows(s * img @ txt.T, d, xp).mean() + ce_rows(s * txt @ img.T, d, xp).mean())
 
 
@@ -258,13 +269,52 @@ def ref_pixel(out, batch, cfg, xp=np, sel=None):
     return xp.concatenate(parts).mean()
 
 
-REFS = dict(image_text=ref_image_text, object=ref_object, region=ref_region, pixel=ref_pixel)
+def ref_background(out, batch, cfg, xp=np, fixed=None):
+    """Every confident patch: softplus(s * (m - cos(patch, its unit))); every pseudo-background
+    patch (bottom fraction by best own-word cosine, not confident): -log softmax over
+    [m, its hard_k most similar valid units of the batch] at m. Mean over both kinds."""
+    fixed = out if fixed is None else fixed       # NumPy inputs of the discrete choices
+    sel = pixel_selection(fixed, batch, cfg, anchors={i: [] for i in range(len(batch["object_ids"]))})
+    out_x = as_xp(out, xp)
+    p, o = nrm(out_x["patch_embed"], xp), nrm(out_x["object_embed"], xp)
+    p64 = nrm(np.asarray(fixed["patch_embed"], np.float64), np)
+    o64 = nrm(np.asarray(fixed["object_embed"], np.float64), np)
+    ids, mask = batch["object_ids"], batch["object_mask"]
+    B, N, _ = p64.shape
+    s, m = scale_of(cfg, "pixel", out_x), cfg.background_margin
+    terms = []
+    units = [(j, l) for j in range(B) for l in range(ids.shape[1]) if mask[j, l]]
+    for i in range(B):
+        if not mask[i].any():
+            continue
+        best = np.array([max(p64[i, n] @ o64[i, l] for l in range(ids.shape[1]) if mask[i, l])
+                         for n in range(N)])
+        cut = np.sort(best)[max(1, int(round(cfg.background_fraction * N))) - 1]
+        for n in range(N):
+            if sel["conf"][i, n]:
+                k = sel["assign"][i, n]
+                z = s * (m - (p[i, n] * o[i, k]).sum())
+                terms.append(xp.logaddexp(0.0, z))
+            elif best[n] <= cut:
+                sims = np.array([p64[i, n] @ o64[j, l] for j, l in units])
+                top = [units[t] for t in np.argsort(-sims, kind="stable")[:cfg.pixel_hard_k]]
+                logits = [s * m] + [s * (p[i, n] * o[j, l]).sum() for j, l in top]
+                logits = xp.stack([xp.asarray(v) for v in logits])
+                mx = logits.max()
+                terms.append(mx + xp.log(xp.exp(logits - mx).sum()) - logits[0])
+    return xp.stack(terms).mean()
+
+
+REFS = dict(image_text=ref_image_text, object=ref_object, region=ref_region, pixel=ref_pixel,
+            background=ref_background)
 
 
 # --------------------------------------------------------------------------- values
 
 TERM_CASES = [
     ("image_text", {}, dict(N=9)),
+    ("image_text", dict(image_text_pool="topk", image_text_topk=0.25), dict(N=9, seed=7)),
+    ("image_text", dict(image_text_pool="topk", image_text_topk=1.0), dict(N=16, seed=8)),
     ("object", {}, dict(N=9)),
     ("object", dict(object_temperature=0.0, object_attn_temperature=0.2), dict(N=9, seed=3)),
     ("region", dict(region_num=4, region_iters=2, region_chunk=64), dict(N=9)),
@@ -272,6 +322,10 @@ TERM_CASES = [
      dict(N=16, seed=4)),
     # anchors >= N: the anchor set is every confident patch (no RNG in the reference)
     ("pixel", dict(pixel_anchors=32, pixel_hard_k=3), dict(N=16)),
+    ("background", dict(background_anchors=32, pixel_hard_k=3, pixel_chunk=4), dict(N=16, seed=9)),
+    ("background", dict(background_anchors=9, pixel_hard_k=5, pixel_rule="threshold",
+                        pixel_threshold=0.3, background_fraction=0.7, background_margin=0.1,
+                        pixel_temperature=0.0), dict(N=9, seed=10)),
     ("pixel", dict(pixel_anchors=16, pixel_hard_k=5, pixel_chunk=4, pixel_top_fraction=0.3),
      dict(N=16, seed=5)),
     ("pixel", dict(pixel_anchors=9, pixel_hard_k=4, pixel_rule="threshold", pixel_threshold=0.2,
@@ -378,9 +432,11 @@ def test_region_captions_without_words_score_zero(devices, meshes):
 
 GRAD_CASES = [
     ("image_text", {}),
+    ("image_text_topk", dict(image_text_pool="topk", image_text_topk=0.2)),
     ("object", dict(object_temperature=0.0)),
     ("region", dict(region_num=4, region_iters=2, region_chunk=3)),
     ("pixel", dict(pixel_anchors=16, pixel_hard_k=4, pixel_chunk=4, pixel_temperature=0.0)),
+    ("background", dict(background_anchors=16, pixel_hard_k=3, pixel_chunk=4, pixel_temperature=0.0)),
 ]
 
 
@@ -389,6 +445,7 @@ def test_gradient_matches_reference(term, overrides, meshes):
     """jax.grad(total_loss) on 8 devices == jax.grad of the float32 reference
     (for pixel: discrete choices fixed, (b) negatives stop-gradient)."""
     out, batch = make_data(21, N=16)
+    term, pool = term.partition("_topk")[:2]
     cfg = only(term, **overrides)
     (_, _), grads = run_loss(out, batch, cfg, meshes[8], grad=True)
     for v in grads.values():
@@ -396,6 +453,8 @@ def test_gradient_matches_reference(term, overrides, meshes):
     if term == "pixel":
         sel = pixel_selection(out, batch, cfg)
         ref = lambda o: ref_pixel(o, batch, cfg, jnp, sel)
+    elif term == "background":
+        ref = lambda o: ref_background(o, batch, cfg, jnp, fixed=out)
     else:
         ref = lambda o: REFS[term](o, batch, cfg, jnp)
     with jax.default_device(jax.devices()[0]):
@@ -403,10 +462,11 @@ def test_gradient_matches_reference(term, overrides, meshes):
     for k in out:
         np.testing.assert_allclose(grads[k], np.asarray(ref_grads[k]), rtol=GRAD_RTOL,
                                    atol=GRAD_ATOL, err_msg=k)
-    touched = {"image_text": ["image_embed", "text_embed", "logit_scale"],
+    touched = {"image_text": (["patch_embed"] if pool else ["image_embed"]) + ["text_embed", "logit_scale"],
                "object": ["patch_embed", "object_embed", "logit_scale"],
                "region": ["patch_embed", "token_embed", "logit_scale"],
-               "pixel": ["patch_embed", "object_embed", "logit_scale"]}[term]
+               "pixel": ["patch_embed", "object_embed", "logit_scale"],
+               "background": ["patch_embed", "object_embed", "logit_scale"]}[term]
     for k in out:
         assert np.any(grads[k] != 0) == (k in touched), k
 
@@ -492,8 +552,9 @@ def test_zero_weight_term_is_not_computed(meshes, monkeypatch):
 # Full objective, learnable object scale, 2 sampled anchors out of 4 confident patches per
 # image, chunked mining (24 units in chunks of 4) and regions scored 2 images at a time
 # (largest divisor of the global batch <= 3); non-unit weights.
-FULL_WEIGHTS = dict(image_text=0.5, object=2.0, region=0.25, pixel=1.5)
+FULL_WEIGHTS = dict(image_text=0.5, object=2.0, region=0.25, pixel=1.5, background=0.75)
 FULL_CFG = loss_cfg(FULL_WEIGHTS, pixel_anchors=2, pixel_hard_k=3, pixel_chunk=5, region_num=4,
+                    background_anchors=2,
                     region_chunk=3, object_temperature=0.0)
 
 
@@ -518,14 +579,14 @@ def test_sharded_equals_unsharded_full_objective_with_sampled_anchors(meshes):
                                        err_msg=f"{k} on {n} devices")
     # the rng does drive the anchor sampling
     (_, v_other), _ = run_loss(out, batch, cfg, meshes[8], jax.random.key(8), grad=True)
-    assert v_other["pixel"] != v1["pixel"]
+    assert v_other["pixel"] != v1["pixel"] and v_other["background"] != v1["background"]
     for t in ("image_text", "object", "region"):
         np.testing.assert_allclose(v_other[t], v1[t], rtol=1e-6)
 
 
 def test_sampled_anchors_follow_documented_rng(meshes):
     """Anchors = top-A gumbel(fold_in(fold_in(rng, term position), global image)) among
-    confident patches; the pixel term position in the full objective (keys sorted) is 2."""
+    confident patches; the rng is folded with the pixel term's position in the full objective."""
     out, batch = make_data(32, N=16)
     cfg = FULL_CFG
     pos = list(losses.active_terms(cfg)).index("pixel")

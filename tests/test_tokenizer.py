@@ -40,3 +40,17 @@ def test_cli(tmp_path):
     assert tok.Tokenizer(str(tmp_path / "x.model")).vocab_size >= 8
     with pytest.raises(SystemExit, match="does not exist"):
         tok.main([f"--input={tmp_path / 'missing.txt'}", f"--output={tmp_path / 'y.model'}"])
+
+
+def test_one_tokenizer_serves_several_datasets(spm):
+    # A fresh instance, so its first tf_tokenize call happens inside a tf.data map function
+    # (as in train then eval): the op must not stay bound to that first graph.
+    fresh = tok.Tokenizer(spm.model_path)
+    texts = ["a red ring", "a blue star on a noisy background"]
+    want = np.array([spm.encode(t, 10) for t in texts])
+    for _ in range(2):
+        ds = tf.data.Dataset.from_tensor_slices(texts).map(lambda s: fresh.tf_tokenize(s, 10))
+        np.testing.assert_array_equal(np.stack(list(ds.as_numpy_iterator())), want)
+    batched = tf.data.Dataset.from_tensor_slices(texts).batch(2).map(
+        lambda s: fresh.tf_tokenize(s, 10))
+    np.testing.assert_array_equal(next(batched.as_numpy_iterator()), want)

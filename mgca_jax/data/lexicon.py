@@ -41,10 +41,11 @@ class Lexicon:
 
     def table(self) -> tf.lookup.StaticHashTable:
         if self._table is None:
-            keys = tf.constant(list(self.forms))
-            values = tf.constant(list(self.forms.values()), tf.int32)
-            self._table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
+            with tf.init_scope():  # eager, so datasets built later can all capture it
+                keys = tf.constant(list(self.forms))
+                values = tf.constant(list(self.forms.values()), tf.int32)
+                self._table = tf.lookup.StaticHashTable(
+                    tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
         return self._table
 
 

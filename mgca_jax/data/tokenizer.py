@@ -61,7 +61,12 @@ class Tokenizer:
         import tensorflow as tf
         import tensorflow_text as tf_text
         if self._tf is None:
-            self._tf = tf_text.SentencepieceTokenizer(model=self.model_bytes, out_type=tf.int32)
+            # The op owns a TF resource. Created inside a tf.data map function it would belong
+            # to that function's graph, and every later dataset (e.g. eval after train) would
+            # fail with a SymbolicTensor error. init_scope lifts creation to the eager context,
+            # so every graph captures the same handle.
+            with tf.init_scope():
+                self._tf = tf_text.SentencepieceTokenizer(model=self.model_bytes, out_type=tf.int32)
         text = tf.convert_to_tensor(text)
         scalar = text.shape.rank == 0
         ids = self._tf.tokenize(tf.reshape(text, [-1]))[:, : max_len - 2]

@@ -1,0 +1,146 @@
+"""Ablation of the objective on the embedded world: each variant x each seed.
+
+  python -m mgca_jax.ablation --root=workdirs/ablation --steps=500 --seeds=0,1,2 \
+      --results=docs/results.md
+
+Every run is `python -m mgca_jax.main` in its own process (same config, same
+step budget; only the loss weights and the seed change) and its final
+zero-shot validation mIoU is read from the workdir's eval JSON. Finished runs
+are reused, so an interrupted ablation resumes. The table (mean +- std over
+seeds) is printed, saved as ROOT/ablation.json and, with --results, written
+into that markdown file between `<!-- ablation:begin -->` and `<!-- ablation:end -->`.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# name -> loss weights; the pixel level is the pixel term plus its background contrast.
+VARIANTS = {
+    "image-text only": dict(image_text=1, object=0, region=0, pixel=0, background=0),
+    "+ object": dict(image_text=1, object=1, region=0, pixel=0, background=0),
+    "+ region": dict(image_text=1, object=0, region=1, pixel=0, background=0),
+    "+ pixel": dict(image_text=1, object=0, region=0, pixel=1, background=1),
+    "full objective": dict(image_text=1, object=1, region=1, pixel=1, background=1),
+}
+BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+
+
+def run_dir(root, variant, seed):
+    slug = variant.replace("+ ", "plus_").replace(" ", "_").replace("-", "_")
+    return os.path.join(root, f"{slug}_seed{seed}")
+
+
+def weight_flags(weights):
+    return [f"--config.loss.weights.{k}={v}" for k, v in weights.items()]
+
+
+def run_one(args, variant, seed):
+    """Trains one run (unless its eval JSON exists) and returns its mIoU in %."""
+    workdir = run_dir(args.root, variant, seed)
+    result = os.path.join(workdir, f"eval_step{args.steps}.json")
+    if not os.path.exists(result):
+        cmd = [sys.executable, "-m", "mgca_jax.main", f"--config={args.config}", f"--workdir={workdir}",
+               f"--config.seed={seed}", f"--config.total_steps={args.steps}",
+               *weight_flags(VARIANTS[variant]), *args.override]
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "ablation.log"), "w") as log:
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if rc != 0 or not os.path.exists(result):
+            raise RuntimeError(f"run {workdir} failed (exit {rc}); see {workdir}/ablation.log")
+    with open(result) as f:
+        return 100.0 * json.load(f)["miou"]
+
+
+def summarise(scores):
+    """{variant: [mIoU per seed]} -> rows with mean, std and the gap to image-text only."""
+    base = scores.get("image-text only")
+    rows = []
+    for variant, values in scores.items():
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        row = dict(variant=variant, values=values, mean=mean, std=std)
+        if base and variant != "image-text only" and len(values) > 1:
+            pooled = max(statistics.stdev(base), std)
+            row["gap_in_std"] = (mean - statistics.fmean(base)) / pooled if pooled > 0 else float("inf")
+        rows.append(row)
+    return rows
+
+
+def markdown(rows, command, steps):
+    lines = [f"Command: `{command}`", "",
+             f"Final zero-shot validation mIoU (%), {steps} steps per run.", "",
+             "| variant | loss weights | per seed | mean ± std | gap to image-text (in std) |",
+             "| --- | --- | --- | ---: | ---: |"]
+    for r in rows:
+        w = ", ".join(f"{k} {v}" for k, v in VARIANTS[r["variant"]].items() if v)
+        per = " / ".join(f"{v:.2f}" for v in r["values"])
+        gap = f"{r['gap_in_std']:+.1f}" if "gap_in_std" in r else ""
+        lines.append(f"| {r['variant']} | {w} | {per} | {r['mean']:.2f} ± {r['std']:.2f} | {gap} |")
+    lines.append("")
+    lines.append("Gap = (mean - mean of image-text only) / the larger of the two standard deviations.")
+    return "\n".join(lines)
+
+
+def write_into(path, text):
+    """Replaces the block between the markers (appends the block if absent); atomic."""
+    old = open(path).read() if os.path.exists(path) else ""
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.py")
+    ap.add_argument("--root", default="workdirs/ablation")
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
+    ap.add_argument("--parallel", type=int, default=2, help="runs at once")
+    ap.add_argument("--results", default="", help="markdown file to write the table into")
+    ap.add_argument("--override", action="append", default=[], help="extra --config.x=y for every run")
+    args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: --variants: unknown {unknown}; known: {list(VARIANTS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        sys.exit(f"error: --seeds: expected comma-separated integers, got {args.seeds!r}")
+    jobs = [(v, s) for v in variants for s in seeds]
+    scores = {v: [None] * len(seeds) for v in variants}
+    start, done = time.time(), 0
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+        futures = {pool.submit(run_one, args, v, s): (v, i) for v in variants for i, s in enumerate(seeds)}
+        for fut in concurrent.futures.as_completed(futures):
+            v, i = futures[fut]
+            scores[v][i] = fut.result()
+            done += 1
+            elapsed = time.time() - start
+            eta = elapsed / done * (len(jobs) - done)
+            print(f"[{done}/{len(jobs)}] {v} seed {seeds[i]}: mIoU {scores[v][i]:.2f}  "
+                  f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
+    rows = summarise(scores)
+    command = "python -m mgca_jax.ablation " + " ".join(a for a in (argv or sys.argv[1:]))
+    text = markdown(rows, command.strip(), args.steps)
+    print(text)
+    with open(os.path.join(args.root, "ablation.json"), "w") as f:
+        json.dump(dict(steps=args.steps, seeds=seeds, rows=rows), f, indent=1)
+    if args.results:
+        write_into(args.results, text)
+
+
+if __name__ == "__main__":
+    main()
