@@ -291,7 +291,7 @@ def background_term(out, batch, cfg, axis_name, rng):
     """
     p = l2_normalize(out["patch_embed"])                       # [b, N, E]
     o = l2_normalize(out["object_embed"])                      # [b, K, E]
-    ids, valid = batch["object_ids"], batch["object_mask"]
+    valid = batch["object_mask"]
     b, n, e = p.shape
     scale, margin = _tau(cfg, "pixel", out), float(cfg.background_margin)
     assign, confident = pseudo_labels(p, o, valid, cfg)
