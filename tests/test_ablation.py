@@ -1,0 +1,38 @@
+"""mgca_jax/ablation.py: the table arithmetic and the in-place results block."""
+import statistics
+
+import pytest
+
+from mgca_jax import ablation
+
+
+def test_summarise_against_hand_computed_figures():
+    rows = {r["variant"]: r for r in ablation.summarise(
+        {"image-text only": [6.0, 7.0, 8.0], "full objective": [20.0, 22.0, 24.0]})}
+    base, full = rows["image-text only"], rows["full objective"]
+    assert base["mean"] == 7.0 and base["std"] == 1.0 and "gap_in_std" not in base
+    assert full["mean"] == 22.0 and full["std"] == 2.0
+    assert full["gap_in_std"] == pytest.approx((22.0 - 7.0) / 2.0)   # larger of the two stds
+    assert statistics.stdev([20.0, 22.0, 24.0]) == full["std"]
+
+
+def test_markdown_block_is_replaced_in_place(tmp_path):
+    path = tmp_path / "results.md"
+    path.write_text("# Results\n\nbefore\n")
+    rows = ablation.summarise({"image-text only": [1.0, 2.0], "+ pixel": [5.0, 6.0]})
+    ablation.write_into(str(path), ablation.markdown(rows, "python -m mgca_jax.ablation", 10))
+    first = path.read_text()
+    assert first.startswith("# Results\n\nbefore\n") and "| + pixel |" in first
+    assert "5.50 ± 0.71" in first and "+5.7" in first     # (5.5 - 1.5) / 0.707
+    path.write_text(first + "\nafter\n")
+    rows = ablation.summarise({"image-text only": [1.0, 3.0]})
+    ablation.write_into(str(path), ablation.markdown(rows, "cmd", 10))
+    second = path.read_text()
+    assert second.count(ablation.BEGIN) == 1 and "| + pixel |" not in second
+    assert "2.00 ± 1.41" in second and second.endswith("after\n") and "before" in second
+
+
+def test_unknown_variant_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        ablation.main(["--variants=image-text only,bogus", "--root=/tmp/unused"])
+    assert "--variants" in str(e.value.code) and "bogus" in str(e.value.code)
