@@ -118,7 +118,7 @@ def main():
                     help="also compile the loss on 1 device over the whole global batch")
     args = ap.parse_args()
 
-    cfg = multi_grained_loss(base_config()).loss
+    cfg = multi_grained_loss(base_config(), background=1.0).loss
     counts = [int(x) for x in args.devices.split(",")]
     devs = jax.devices()
     if max(counts) > len(devs):

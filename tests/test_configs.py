@@ -33,7 +33,7 @@ def test_cc3m_is_paper_scale():
     assert (c.model.image_variant, c.input.image_size, c.batch_size) == ("S/16", 224, 4096)
     assert c.input.max_len == 77 and c.model.text_variant == "S"
     assert c.input.vocab_size == 16000  # the CC3M tokenizer, not the toy world's 512
-    assert set(losses.active_terms(c.loss)) == {"image_text", "object", "region", "pixel"}
+    assert set(losses.active_terms(c.loss)) == {"image_text", "object", "region", "pixel", "background"}
 
 
 def test_bad_values_name_the_field():

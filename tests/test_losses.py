@@ -39,7 +39,7 @@ def meshes():
 def loss_cfg(weights=None, **overrides):
     c = base_config()
     if weights is None:
-        multi_grained_loss(c)
+        multi_grained_loss(c, background=1.0)
     else:
         c.loss.weights = dict(weights)
     for k, v in overrides.items():
