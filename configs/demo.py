@@ -13,7 +13,7 @@ import common  # noqa: E402
 
 def get_config():
     c = common.base_config()
-    c.total_steps = 800
+    c.total_steps = 600
     # Dense features that stay local and a loss that trains the background rule
     # (docs/method.md: local attention, top-k pooling, background contrast).
     c.model.attention_radius = "1"

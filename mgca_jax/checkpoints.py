@@ -92,7 +92,7 @@ def abstract_params(model: TwoTower, config) -> dict:
 def restore_params(step_dir: str, model: TwoTower, config) -> dict:
     """The params of the checkpoint in `step_dir`, as host numpy arrays."""
     import orbax.checkpoint as ocp
-    item_dir = os.path.join(step_dir, "default")
+    item_dir = os.path.join(os.path.abspath(step_dir), "default")   # orbax needs absolute paths
     if not os.path.isdir(item_dir):
         raise CheckpointError(f"expected checkpoint data at {item_dir} (missing)")
     target = {"params": abstract_params(model, config)}

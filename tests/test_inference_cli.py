@@ -151,3 +151,11 @@ def test_segment_writes_overlay_and_labels(workdir, tmp_path):
             assert np.asarray(im).max() <= 3
         with Image.open(out / f"{name}_overlay.png") as im:
             assert im.mode == "RGB" and im.width >= w and im.height > h    # legend below
+
+
+def test_load_from_a_relative_workdir(workdir, monkeypatch):
+    """orbax wants absolute paths; `--workdir=workdirs/demo` must work from the repo root."""
+    from mgca_jax import checkpoints
+    monkeypatch.chdir(os.path.dirname(str(workdir)))
+    loaded = checkpoints.load(workdir=os.path.basename(str(workdir)))
+    assert loaded.step == 0 and jax.tree.leaves(loaded.params)
