@@ -205,6 +205,15 @@ def _mine_top_k(query, keys, allowed, k, chunk):
     return jnp.take_along_axis(idx, pos, axis=1), top_vals > -jnp.inf
 
 
+def _sample_anchors(eligible, rng, img, count):
+    """Up to `count` eligible patches per image ([b, count] indices and validity):
+    a Gumbel top-k drawn per global image index, so the choice ignores sharding."""
+    n = eligible.shape[1]
+    gumbel = jax.vmap(lambda i: jax.random.gumbel(jax.random.fold_in(rng, i), (n,)))(img)
+    _, idx = jax.lax.top_k(jnp.where(eligible, gumbel, -jnp.inf), count)
+    return idx, jnp.take_along_axis(eligible, idx, axis=1)
+
+
 def pixel_term(out, batch, cfg, axis_name, rng):
     """Pixel level: pseudo patch-word correspondences with hard negatives.
 
@@ -227,10 +236,8 @@ def pixel_term(out, batch, cfg, axis_name, rng):
     img = shard_offset(b, axis_name) + jnp.arange(b)           # global image index
 
     # (a) patch -> unit.
-    gumbel = jax.vmap(lambda i: jax.random.gumbel(jax.random.fold_in(rng, i), (n,)))(img)
     n_anchor = min(cfg.pixel_anchors, n)
-    _, anchor_idx = jax.lax.top_k(jnp.where(confident, gumbel, -jnp.inf), n_anchor)
-    anchor_ok = jnp.take_along_axis(confident, anchor_idx, axis=1)          # [b, A]
+    anchor_idx, anchor_ok = _sample_anchors(confident, rng, img, n_anchor)  # [b, A]
     anchors = jnp.take_along_axis(p, anchor_idx[..., None], axis=1)         # [b, A, E]
     slot = jnp.take_along_axis(assign, anchor_idx, axis=1)
     positive = jnp.take_along_axis(o, slot[..., None], axis=1)              # [b, A, E]
@@ -303,20 +310,14 @@ def background_term(out, batch, cfg, axis_name, rng):
     img = shard_offset(b, axis_name) + jnp.arange(b)
     n_anchor = min(cfg.background_anchors, n)
 
-    def sample(eligible, salt):
-        g = jax.vmap(lambda i: jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(rng, salt), i),
-                                                 (n,)))(img)
-        _, idx = jax.lax.top_k(jnp.where(eligible, g, -jnp.inf), n_anchor)
-        return idx, jnp.take_along_axis(eligible, idx, axis=1)
-
     # Object anchors: cos(patch, its unit) above the margin.
-    idx, ok_fg = sample(confident, 0)
+    idx, ok_fg = _sample_anchors(confident, jax.random.fold_in(rng, 0), img, n_anchor)
     slot = jnp.take_along_axis(assign, idx, axis=1)
     pos = (jnp.take_along_axis(p, idx[..., None], axis=1)
            * jnp.take_along_axis(o, slot[..., None], axis=1)).sum(-1)            # [b, A]
     loss_fg = jax.nn.softplus(scale * (margin - pos))
     # Background anchors: the constant beats the hardest units of the batch.
-    idx, ok_bg = sample(background, 1)
+    idx, ok_bg = _sample_anchors(background, jax.random.fold_in(rng, 1), img, n_anchor)
     q = jnp.take_along_axis(p, idx[..., None], axis=1).reshape(-1, e)           # [bA, E]
     all_o = gather(o, axis_name).reshape(-1, e)
     all_valid = gather(valid, axis_name).reshape(-1)
