@@ -28,20 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mgca_jax import inference  # noqa: E402
-from mgca_jax.models.two_tower import TwoTower  # noqa: E402
-
-
-def random_params(model, image_size, seed=0):
-    batch = {"image": jnp.zeros((1, image_size, image_size, 3)), "tokens": jnp.ones((1, 8), jnp.int32)}
-    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        if "scale" in jax.tree_util.keystr(path):
-            return np.ones(s.shape, s.dtype)
-        std = 1 / np.sqrt(s.shape[-2]) if len(s.shape) >= 2 else 0.02
-        return (std * rng.normal(size=s.shape)).astype(s.dtype)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+from mgca_jax.models.two_tower import TwoTower, random_params  # noqa: E402
 
 
 def best_time(fn, repeats):

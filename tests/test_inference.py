@@ -9,7 +9,7 @@ import pytest
 from mgca_jax import inference as I
 from mgca_jax.data import scenes
 from mgca_jax.evaluation import protocol, zeroshot
-from mgca_jax.models.two_tower import TwoTower
+from mgca_jax.models.two_tower import TwoTower, random_params
 
 E = 16
 EYE = np.eye(E, dtype=np.float32)
@@ -122,21 +122,6 @@ def test_unit_config_and_names():
 
 
 # --------------------------------------------------------------------------- with a model
-
-def random_params(model, image_size, seed=0):
-    """Random params of the model's shapes (compiling `model.init` takes seconds on CPU)."""
-    batch = {"image": jnp.zeros((1, image_size, image_size, 3)), "tokens": jnp.ones((1, 8), jnp.int32)}
-    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name = jax.tree_util.keystr(path)
-        if "scale" in name:
-            return np.ones(s.shape, s.dtype)
-        std = 1 / np.sqrt(s.shape[-2]) if len(s.shape) >= 2 else 0.02
-        return (std * rng.normal(size=s.shape)).astype(s.dtype)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
 
 @pytest.fixture(scope="module")
 def model_and_params():

@@ -20,25 +20,11 @@ import tiny  # noqa: E402
 from mgca_jax.data import scenes  # noqa: E402
 from mgca_jax.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from mgca_jax.evaluation import benchmarks  # noqa: E402
-from mgca_jax.models.two_tower import make_model  # noqa: E402
+from mgca_jax.models.two_tower import make_model, random_params  # noqa: E402
 
 # Fast protocol for a model trained at 32 px: 64 px images -> 72 px, 48 px windows
 # (position embedding resized 4x4 -> 6x6), stride 16: 3x3 windows per image.
 FAST = ["--short_side=72", "--crop=48", "--stride=16", "--windows_per_device=2"]
-
-
-def _random_params(model, config, seed=0):
-    s = config.input.image_size
-    batch = {"image": jnp.zeros((1, s, s, 3)), "tokens": jnp.ones((1, config.input.max_len), jnp.int32)}
-    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, x):
-        if "scale" in jax.tree_util.keystr(path):
-            return jnp.ones(x.shape, x.dtype)
-        std = 1 / np.sqrt(x.shape[-2]) if len(x.shape) >= 2 else 0.02
-        return jnp.asarray(std * rng.normal(size=x.shape), x.dtype)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +37,7 @@ def workdir(tmp_path_factory):
     config.data_dir = str(root)
     config.input.tokenizer = spm
     config.model.vocab_size = Tokenizer(spm).vocab_size
-    params = _random_params(make_model(config), config)
+    params = random_params(make_model(config), config.input.image_size, config.input.max_len)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optax.adamw(1e-3).init(params)}
     wd = root / "wd"
     with ocp.CheckpointManager(str(wd / "checkpoints"),

@@ -10,6 +10,7 @@ E joint dim):
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -76,3 +77,19 @@ def make_model(config) -> TwoTower:
                     image_stem=m.get("image_stem", "patch"),
                     attention_radius=str(m.get("attention_radius", "")),
                     dtype=jnp.dtype(m.get("dtype", "float32")))
+
+
+def random_params(model: TwoTower, image_size: int, num_tokens: int = 8, seed: int = 0) -> dict:
+    """Random numpy params of the model's shapes, without compiling `model.init`
+    (which takes seconds on CPU): LayerNorm scales 1, others N(0, 1/fan_in)."""
+    batch = {"image": jnp.zeros((1, image_size, image_size, 3)),
+             "tokens": jnp.ones((1, num_tokens), jnp.int32)}
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        if "scale" in jax.tree_util.keystr(path):
+            return np.ones(s.shape, s.dtype)
+        std = 1 / np.sqrt(s.shape[-2]) if len(s.shape) >= 2 else 0.02
+        return (std * rng.normal(size=s.shape)).astype(s.dtype)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
