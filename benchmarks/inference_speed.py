@@ -64,7 +64,7 @@ def main():
     devices = jax.local_devices()
     print(f"{args.variant} at {args.size}x{args.size} ({(args.size // 16) ** 2} patches), E={args.embed_dim}, "
           f"C={args.classes}, {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
-          f"{os.cpu_count()} CPUs; G={ucfg.num_groups}, S={ucfg.num_parts}; "
+          f"{os.cpu_count()} CPUs; G={ucfg.num_groups}; "
           f"best of {args.repeats} runs of {args.images} images")
 
     n = (args.size // 16) ** 2

@@ -4,7 +4,9 @@
       --results=docs/results.md
 
 Every run is `python -m mgca_jax.main` in its own process (same config, same
-step budget; only the loss weights and the seed change) and its final
+step budget; only the loss weights and the seed change): a variant switches
+its terms on with the config's weights (1 where the config has 0) and the
+others off. Its final
 zero-shot validation mIoU is read from the workdir's eval JSON. Finished runs
 are reused, so an interrupted ablation resumes. The table (mean +- std over
 seeds) is printed, saved as ROOT/ablation.json and, with --results, written
@@ -15,17 +17,19 @@ import concurrent.futures
 import json
 import os
 import statistics
+import importlib.util
 import subprocess
 import sys
 import time
 
-# name -> loss weights; the pixel level is the pixel term plus its background contrast.
+# name -> the terms it switches on; the pixel level is the pixel term plus its background contrast.
+TERMS = ("image_text", "object", "region", "pixel", "background")
 VARIANTS = {
-    "image-text only": dict(image_text=1, object=0, region=0, pixel=0, background=0),
-    "+ object": dict(image_text=1, object=1, region=0, pixel=0, background=0),
-    "+ region": dict(image_text=1, object=0, region=1, pixel=0, background=0),
-    "+ pixel": dict(image_text=1, object=0, region=0, pixel=1, background=1),
-    "full objective": dict(image_text=1, object=1, region=1, pixel=1, background=1),
+    "image-text only": ("image_text",),
+    "+ object": ("image_text", "object"),
+    "+ region": ("image_text", "region"),
+    "+ pixel": ("image_text", "pixel", "background"),
+    "full objective": TERMS,
 }
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
@@ -33,6 +37,20 @@ BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 def run_dir(root, variant, seed):
     slug = variant.replace("+ ", "plus_").replace(" ", "_").replace("-", "_")
     return os.path.join(root, f"{slug}_seed{seed}")
+
+
+def variant_weights(config_weights, variant):
+    """Loss weights of a variant: its terms at the config's weight (1 where that is 0), others 0."""
+    on = VARIANTS[variant]
+    return {t: (float(config_weights.get(t, 0.0)) or 1.0) if t in on else 0.0 for t in TERMS}
+
+
+def config_weights(config_path):
+    """config.loss.weights of a config file (its get_config())."""
+    spec = importlib.util.spec_from_file_location("ablation_config", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.get_config().loss.weights)
 
 
 def weight_flags(weights):
@@ -46,7 +64,7 @@ def run_one(args, variant, seed):
     if not os.path.exists(result):
         cmd = [sys.executable, "-m", "mgca_jax.main", f"--config={args.config}", f"--workdir={workdir}",
                f"--config.seed={seed}", f"--config.total_steps={args.steps}",
-               *weight_flags(VARIANTS[variant]), *args.override]
+               *weight_flags(args.weights[variant]), *args.override]
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "ablation.log"), "w") as log:
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -71,13 +89,13 @@ def summarise(scores):
     return rows
 
 
-def markdown(rows, command, steps):
+def markdown(rows, command, steps, weights):
     lines = [f"Command: `{command}`", "",
              f"Final zero-shot validation mIoU (%), {steps} steps per run.", "",
              "| variant | loss weights | per seed | mean ± std | gap to image-text (in std) |",
              "| --- | --- | --- | ---: | ---: |"]
     for r in rows:
-        w = ", ".join(f"{k} {v}" for k, v in VARIANTS[r["variant"]].items() if v)
+        w = ", ".join(f"{k} {v:g}" for k, v in weights[r["variant"]].items() if v)
         per = " / ".join(f"{v:.2f}" for v in r["values"])
         gap = f"{r['gap_in_std']:+.1f}" if "gap_in_std" in r else ""
         lines.append(f"| {r['variant']} | {w} | {per} | {r['mean']:.2f} ± {r['std']:.2f} | {gap} |")
@@ -119,6 +137,10 @@ def main(argv=None):
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         sys.exit(f"error: --seeds: expected comma-separated integers, got {args.seeds!r}")
+    if not os.path.isfile(args.config):
+        sys.exit(f"error: --config: file {args.config} does not exist")
+    base = config_weights(args.config)
+    args.weights = {v: variant_weights(base, v) for v in variants}
     jobs = [(v, s) for v in variants for s in seeds]
     scores = {v: [None] * len(seeds) for v in variants}
     start, done = time.time(), 0
@@ -134,10 +156,10 @@ def main(argv=None):
                   f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
     rows = summarise(scores)
     command = "python -m mgca_jax.ablation " + " ".join(a for a in (argv or sys.argv[1:]))
-    text = markdown(rows, command.strip(), args.steps)
+    text = markdown(rows, command.strip(), args.steps, args.weights)
     print(text)
     with open(os.path.join(args.root, "ablation.json"), "w") as f:
-        json.dump(dict(steps=args.steps, seeds=seeds, rows=rows), f, indent=1)
+        json.dump(dict(steps=args.steps, seeds=seeds, weights=args.weights, rows=rows), f, indent=1)
     if args.results:
         write_into(args.results, text)
 

@@ -41,16 +41,20 @@ def add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help=f"sliding window stride (default {d.stride})")
     p.add_argument("--windows_per_device", type=int, default=4, help="windows per device per call")
     p.add_argument("--num_groups", type=int, default=u.num_groups, help="G segments per window")
-    p.add_argument("--num_parts", type=int, default=u.num_parts, help="S parts per segment (adaptive)")
-    p.add_argument("--agreement_thresh", type=float, default=u.agreement_thresh)
-    p.add_argument("--coherence_thresh", type=float, default=u.coherence_thresh)
+    p.add_argument("--agreement_thresh", type=float, default=u.agreement_thresh,
+                   help="adaptive: share of a segment's patches that must agree with it")
+    p.add_argument("--coherence_thresh", type=float, default=u.coherence_thresh,
+                   help="adaptive: mean patch-to-segment cosine for a segment to be labelled whole")
+    p.add_argument("--outlier_thresh", type=float, default=u.outlier_thresh,
+                   help="adaptive: a disagreeing patch below this cosine keeps its own label")
 
 
 def unit_config(args) -> inference.UnitConfig:
     try:
-        return inference.UnitConfig(num_groups=args.num_groups, num_parts=args.num_parts,
+        return inference.UnitConfig(num_groups=args.num_groups,
                                     agreement_thresh=args.agreement_thresh,
-                                    coherence_thresh=args.coherence_thresh)
+                                    coherence_thresh=args.coherence_thresh,
+                                    outlier_thresh=args.outlier_thresh)
     except ValueError as e:
         fail(f"--{e}")
 

@@ -6,9 +6,9 @@ scores [N, C]:
 
   pixel     every patch on its own: p_n . t_c
   group     k-means segments of p; each patch takes its segment's pooled score
-  adaptive  the group unit, except that a part of a segment that both disagrees
-            with the segment's label and looks unlike the rest of the segment
-            is scored on its own
+  adaptive  per segment, the group unit's score where the segment's patches
+            mostly agree with its label and look alike (coarse), else each
+            patch's own score (fine); disagreeing outliers keep their own
 
 The unit functions are pure and shape-static (they jit, vmap and pmap).
 `Segmenter` runs them with the field protocol of `evaluation/protocol.py`
@@ -41,18 +41,15 @@ class UnitConfig:
     num_groups: int = 8             # G segments per window (k-means on normalised patches)
     group_iters: int = 5            # soft k-means updates, as in the region loss
     group_temperature: float = 0.1  # soft k-means assignment temperature
-    num_parts: int = 4              # S parts per segment (adaptive unit)
-    part_iters: int = 3             # hard k-means updates of the parts inside their segment
-    agreement_thresh: float = 0.5   # a part splits off when its agreement is below this ...
-    coherence_thresh: float = 0.5   # ... and its coherence is below this
+    agreement_thresh: float = 0.6   # adaptive: a segment is labelled whole when this share of
+    coherence_thresh: float = 0.8   # its patches agree with it and they look alike (mean cosine)
+    outlier_thresh: float = 0.5     # a disagreeing patch less similar than this keeps its label
 
     def __post_init__(self):
-        for name in ("num_groups", "num_parts"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
-        for name in ("group_iters", "part_iters"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name}: expected a non-negative integer, got {getattr(self, name)!r}")
+        if int(self.num_groups) < 1:
+            raise ValueError(f"num_groups: expected a positive integer, got {self.num_groups!r}")
+        if int(self.group_iters) < 0:
+            raise ValueError(f"group_iters: expected a non-negative integer, got {self.group_iters!r}")
         if not self.group_temperature > 0:
             raise ValueError(f"group_temperature: expected > 0, got {self.group_temperature!r}")
 
@@ -84,35 +81,6 @@ def group_segments(p, cfg: UnitConfig):
     return jnp.argmax(p @ centres.T, axis=-1)
 
 
-def split_parts(p, seg, centres, cfg: UnitConfig):
-    """Part id [N] in [0, S) of each patch inside its segment.
-
-    Per segment the part centres start farthest-point: the segment centroid, then
-    repeatedly the member least similar to every centre chosen so far (so a small,
-    distinct object gets a centre of its own); then `part_iters` hard k-means
-    updates restricted to the segment's members.
-    """
-    g, s = cfg.num_groups, cfg.num_parts
-    member = _one_hot(seg, g, bool).T                                   # [G, N]
-    chosen = [centres]
-    closest = jnp.sum(p * centres[seg], axis=-1)                        # [N] best sim to chosen
-    for _ in range(s - 1):
-        far = jnp.argmin(jnp.where(member, closest[None], jnp.inf), axis=1)   # [G]
-        chosen.append(p[far])
-        closest = jnp.maximum(closest, jnp.sum(p * chosen[-1][seg], axis=-1))
-    parts = jnp.stack(chosen, axis=1)                                   # [G, S, E]
-
-    def assign(parts):
-        return jnp.argmax(jnp.einsum("ne,nse->ns", p, parts[seg]), axis=-1)
-
-    for _ in range(cfg.part_iters):
-        onehot = _one_hot(seg * s + assign(parts), g * s, p.dtype)     # [N, G*S]
-        sums = (onehot.T @ p).reshape(g, s, -1)
-        filled = (onehot.sum(0) > 0).reshape(g, s, 1)
-        parts = jnp.where(filled, l2_normalize(sums), parts)            # empty parts keep their centre
-    return assign(parts)
-
-
 def pixel_unit(p, class_emb, cfg: UnitConfig = UnitConfig(), bg_thresh=None):
     """Scores [N, C]: each patch's cosine with each class."""
     del cfg, bg_thresh
@@ -128,44 +96,38 @@ def group_unit(p, class_emb, cfg: UnitConfig = UnitConfig(), bg_thresh=None):
 
 
 def adaptive_unit(p, class_emb, cfg: UnitConfig = UnitConfig(), bg_thresh=None, with_aux=False):
-    """Scores [N, C]: segments labelled whole, unless a part of one must stand alone.
+    """Scores [N, C]: each segment labelled whole (coarse) or patch by patch (fine).
 
-    Segment g (centroid c_g, label y_g) is cut into S parts u. With y_n the pixel
-    unit's label of patch n (background rule included):
-      agreement a_u = mean_{n in u} [y_n == y_g]
-      coherence k_u = mean_{n in u} p_n . r_u,  r_u = centroid of g without u
-    Part u splits off (scored by its own pooled embedding) iff it is not all of g,
-    a_u < agreement_thresh and k_u < coherence_thresh; the other parts of g are
-    pooled together and scored as one unit. `with_aux` also returns the segment
-    and part ids, a, k and the decisions.
+    Segment g (pooled z_g, label y_g); y_n is the pixel unit's label of patch n
+    (background rule included):
+      agreement a_g = mean_{n in g} [y_n == y_g]
+      coherence k_g = mean_{n in g} p_n . z_g
+    g is coarse iff a_g >= agreement_thresh and k_g >= coherence_thresh; its
+    patches take z_g's score, except outliers (y_n != y_g and p_n . z_g <
+    outlier_thresh), which keep their own. Patches of a fine segment keep their
+    pixel scores. `with_aux` also returns the segments, a, k and the decisions.
     """
     p = l2_normalize(p)
-    g, s = cfg.num_groups, cfg.num_parts
+    g = cfg.num_groups
     seg = group_segments(p, cfg)                                        # [N]
-    seg_onehot = _one_hot(seg, g, p.dtype)
-    seg_sum = seg_onehot.T @ p                                          # [G, E]
-    centres = l2_normalize(seg_sum)
-    seg_label = protocol.predict_labels(centres @ class_emb.T, bg_thresh)   # [G]
-    pix_label = protocol.predict_labels(p @ class_emb.T, bg_thresh)         # [N]
-
-    uid = seg * s + split_parts(p, seg, centres, cfg)                   # [N] in [0, G*S)
-    onehot = _one_hot(uid, g * s, p.dtype)
-    count = onehot.sum(0)                                               # [G*S]
-    rest = l2_normalize(jnp.repeat(seg_sum, s, axis=0) - onehot.T @ p)  # [G*S, E]
-    agreement = onehot.T @ (pix_label == seg_label[seg]).astype(p.dtype) / jnp.maximum(count, 1)
-    coherence = onehot.T @ jnp.sum(p * rest[uid], axis=-1) / jnp.maximum(count, 1)
-    whole = count == jnp.repeat(seg_onehot.sum(0), s)                   # the part is its segment
-    split = ((count > 0) & ~whole & (agreement < cfg.agreement_thresh)
-             & (coherence < cfg.coherence_thresh))                      # [G*S]
-    unit = jnp.where(split[uid], g + uid, seg)                          # [N] in [0, G + G*S)
-    scores = (pool(p, unit, g + g * s) @ class_emb.T)[unit]
+    onehot = _one_hot(seg, g, p.dtype)                                  # [N, G]
+    centres = l2_normalize(onehot.T @ p)                                # [G, E]
+    seg_scores = centres @ class_emb.T                                  # [G, C]
+    pix_scores = p @ class_emb.T                                        # [N, C]
+    agrees = (protocol.predict_labels(pix_scores, bg_thresh)
+              == protocol.predict_labels(seg_scores, bg_thresh)[seg])   # [N]
+    cos = jnp.sum(p * centres[seg], axis=-1)                            # [N]
+    count = jnp.maximum(onehot.sum(0), 1)
+    agreement = onehot.T @ agrees.astype(p.dtype) / count               # [G]
+    coherence = onehot.T @ cos / count                                  # [G]
+    coarse = (agreement >= cfg.agreement_thresh) & (coherence >= cfg.coherence_thresh)
+    outlier = ~agrees & (cos < cfg.outlier_thresh)
+    fine = ~coarse[seg] | outlier                                       # [N]
+    scores = jnp.where(fine[:, None], pix_scores, seg_scores[seg])
     if not with_aux:
         return scores
-    aux = {"segments": seg, "parts": uid - seg * s, "units": unit,
-           "count": count.reshape(g, s), "agreement": agreement.reshape(g, s),
-           "coherence": coherence.reshape(g, s), "split": split.reshape(g, s),
-           "fine": split.reshape(g, s).any(axis=1)}
-    return scores, aux
+    return scores, {"segments": seg, "agreement": agreement, "coherence": coherence,
+                    "coarse": coarse, "outlier": outlier, "fine": fine}
 
 
 UNIT_FNS = {"pixel": pixel_unit, "group": group_unit, "adaptive": adaptive_unit}

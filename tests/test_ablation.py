@@ -1,4 +1,5 @@
 """mgca_jax/ablation.py: the table arithmetic and the in-place results block."""
+import os
 import statistics
 
 import pytest
@@ -20,13 +21,14 @@ def test_markdown_block_is_replaced_in_place(tmp_path):
     path = tmp_path / "results.md"
     path.write_text("# Results\n\nbefore\n")
     rows = ablation.summarise({"image-text only": [1.0, 2.0], "+ pixel": [5.0, 6.0]})
-    ablation.write_into(str(path), ablation.markdown(rows, "python -m mgca_jax.ablation", 10))
+    weights = {v: ablation.variant_weights({}, v) for v in ablation.VARIANTS}
+    ablation.write_into(str(path), ablation.markdown(rows, "python -m mgca_jax.ablation", 10, weights))
     first = path.read_text()
     assert first.startswith("# Results\n\nbefore\n") and "| + pixel |" in first
     assert "5.50 ± 0.71" in first and "+5.7" in first     # (5.5 - 1.5) / 0.707
     path.write_text(first + "\nafter\n")
     rows = ablation.summarise({"image-text only": [1.0, 3.0]})
-    ablation.write_into(str(path), ablation.markdown(rows, "cmd", 10))
+    ablation.write_into(str(path), ablation.markdown(rows, "cmd", 10, weights))
     second = path.read_text()
     assert second.count(ablation.BEGIN) == 1 and "| + pixel |" not in second
     assert "2.00 ± 1.41" in second and second.endswith("after\n") and "before" in second
@@ -36,3 +38,14 @@ def test_unknown_variant_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as e:
         ablation.main(["--variants=image-text only,bogus", "--root=/tmp/unused"])
     assert "--variants" in str(e.value.code) and "bogus" in str(e.value.code)
+
+
+def test_variants_take_the_config_weights():
+    # configs/demo.py: every term on, pixel-level terms at 0.3.
+    demo = ablation.config_weights(os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py"))
+    assert demo == dict(image_text=1.0, object=1.0, region=1.0, pixel=0.3, background=0.3)
+    assert ablation.variant_weights(demo, "+ pixel") == dict(
+        image_text=1.0, object=0.0, region=0.0, pixel=0.3, background=0.3)
+    assert ablation.variant_weights(demo, "full objective") == demo
+    # a term the config leaves off is switched on at weight 1
+    assert ablation.variant_weights(dict(image_text=1.0), "+ region")["region"] == 1.0

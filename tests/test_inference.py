@@ -16,7 +16,7 @@ EYE = np.eye(E, dtype=np.float32)
 CLASSES = jnp.asarray(EYE[:3])        # 0 grass, 1 sky, 2 cat: one axis each
 GRASS, SKY, CAT = 0, 1, 2
 TWO = I.UnitConfig(num_groups=2)      # two segments: the top and the bottom half
-UNIT_CFG = I.UnitConfig(num_groups=4, group_iters=2, num_parts=2, part_iters=1)  # small: quick to compile
+UNIT_CFG = I.UnitConfig(num_groups=4, group_iters=2)  # small: quick to compile
 
 
 def _norm(x):
@@ -39,6 +39,10 @@ def _labels(unit, f):
                       .argmax(-1)).reshape(8, 8)
 
 
+def _aux(f):
+    return jax.tree.map(np.asarray, adaptive_aux(jnp.asarray(f.reshape(64, E)), CLASSES, TWO)[1])
+
+
 def test_speckle_from_noise_is_merged():
     # Top half leans to grass by a small margin: grass 1.0 vs sky 0.8 (before normalising,
     # |f| = 1.62). Noise of 0.1 per axis (|noise| ~ 0.4) moves the sky-minus-grass score
@@ -53,12 +57,14 @@ def test_speckle_from_noise_is_merged():
     assert 3 <= pixel_errors <= 12                       # expected ~6 flipped patches
     assert (_labels("group", f) == truth).all()
     assert (_labels("adaptive", f) == truth).all()
-    _, aux = adaptive_aux(jnp.asarray(f.reshape(64, E)), CLASSES, TWO)
-    # The flipped patches disagree (agreement 0) but look like the rest of their segment:
-    # cos ~ 1 / sqrt(1 + 16 * 0.1**2) = 0.93 >> 0.5, so no part splits off.
-    assert not np.asarray(aux["split"]).any() and not np.asarray(aux["fine"]).any()
-    used = np.asarray(aux["count"]) > 0
-    assert np.asarray(aux["coherence"])[used].min() > 0.7
+    aux = _aux(f)
+    # Both segments: most patches agree (>= 20/32) and every patch has cosine
+    # ~ 1 / sqrt(1 + 16 * 0.1**2) = 0.93 with its centroid, so both are coarse and
+    # the flipped patches are not outliers (0.93 >> 0.5).
+    assert aux["coarse"].all() and not aux["fine"].any()
+    top = aux["segments"][0]
+    assert aux["agreement"][top] == pytest.approx(1 - pixel_errors / 32)
+    assert aux["coherence"].min() > 0.9
 
 
 def test_small_object_in_a_large_segment_keeps_its_label():
@@ -75,35 +81,69 @@ def test_small_object_in_a_large_segment_keeps_its_label():
     group = _labels("group", f)
     assert (group[1:3, 5:7] == GRASS).all() and (group != truth).sum() == 4
     assert (_labels("adaptive", f) == truth).all()
-    _, aux = adaptive_aux(jnp.asarray(f.reshape(64, E)), CLASSES, TWO)
-    split = np.asarray(aux["split"])
-    assert split.sum() == 1 and np.asarray(aux["fine"]).tolist() == [True, False]
-    g, s = np.argwhere(split)[0]
-    assert np.asarray(aux["count"])[g, s] == 4                         # exactly the cat
-    assert np.asarray(aux["agreement"])[g, s] == 0.0                   # pixels say cat, segment grass
-    assert np.asarray(aux["coherence"])[g, s] == pytest.approx(0.6 / (np.sqrt(1.36) * np.sqrt(2)), abs=1e-4)
+    aux = _aux(f)
+    # The grass segment is coarse (agreement 28/32, the cat barely lowers coherence),
+    # but each cat patch disagrees and has cosine 0.478 < 0.5 with the segment's
+    # centroid: an outlier that keeps its own (pixel) score.
+    grass, cat = _norm(EYE[GRASS] + EYE[3]), _norm(EYE[CAT] + 0.6 * EYE[3])
+    centre = _norm(28 * grass + 4 * cat)
+    top = aux["segments"][0]
+    assert aux["coarse"].all()
+    assert aux["agreement"][top] == pytest.approx(28 / 32)
+    assert aux["coherence"][top] == pytest.approx((28 * grass @ centre + 4 * cat @ centre) / 32, abs=1e-5)
+    assert cat @ centre == pytest.approx(0.478, abs=1e-3)
+    want = np.zeros((8, 8), bool)
+    want[1:3, 5:7] = True
+    np.testing.assert_array_equal(aux["outlier"].reshape(8, 8), want)
+    np.testing.assert_array_equal(aux["fine"].reshape(8, 8), want)
 
 
-def test_two_toned_texture_is_not_split():
-    # A checkerboard of two looks of one thing: one look scores sky, the other grass, so
-    # the pixel unit labels half the patches wrong. The looks have cosine
-    # (0.75 + 0.39 + 1) / (1.715 * 1.828) = 0.68 >= 0.5, so the adaptive unit keeps the
-    # segment whole and it takes the pooled (grass 1.0 > sky 0.8) label.
+def test_segment_that_mixes_two_things_is_labelled_per_patch():
+    # A cat/grass checkerboard on the top half: k-means keeps it as one segment, whose
+    # pooled embedding scores cat 16 * 0.858 = 13.7 > grass 16 * 0.707 = 11.3, so the
+    # group unit calls all 32 patches cat. Every patch has cosine 0.826 with the
+    # centroid (coherence 0.826 >= 0.8: alike enough), but only half agree with its
+    # label (agreement 0.5 < 0.6), so the segment is fine: each patch keeps its label.
+    yy, xx = np.mgrid[:4, :8]
+    checker = ((yy + xx) % 2 == 0)[..., None]
+    f = _norm(_halves(np.where(checker, EYE[CAT] + 0.6 * EYE[3], EYE[GRASS] + EYE[3])))
+    truth = np.repeat([GRASS, SKY], 4)[:, None] * np.ones((1, 8), int)
+    truth[:4][checker[..., 0]] = CAT
+    assert (_labels("pixel", f) == truth).all()
+    assert (_labels("group", f) != truth).sum() == 16
+    assert (_labels("adaptive", f) == truth).all()
+    aux = _aux(f)
+    top, bottom = aux["segments"][0], aux["segments"][-1]
+    assert aux["agreement"][top] == 0.5 and aux["coherence"][top] == pytest.approx(0.826, abs=1e-3)
+    assert not aux["coarse"][top] and aux["coarse"][bottom]
+    np.testing.assert_array_equal(aux["fine"].reshape(8, 8), np.repeat([True, False], 4)[:, None]
+                                  * np.ones((1, 8), bool))
+
+
+def test_two_toned_texture_with_a_minority_look_stays_whole():
+    # One thing with two looks: look A (8 of the 32 top patches) scores sky, look B
+    # scores grass, so the pixel unit labels the 8 A patches wrong. The looks have
+    # cosine 0.683; the centroid of 24 B + 8 A has cosine (8 + 24 * 0.683) / 30.04 = 0.812
+    # with A and 0.981 with B: coherence 0.939 and agreement 24/32, so the segment is
+    # coarse, and the A patches (0.812 >= 0.5) are not outliers: all take grass.
     yy, xx = np.mgrid[:4, :8]
     look_a = 0.5 * EYE[GRASS] + 1.3 * EYE[SKY] + EYE[3]
     look_b = 1.5 * EYE[GRASS] + 0.3 * EYE[SKY] + EYE[3]
-    f = _norm(_halves(np.where(((yy + xx) % 2 == 0)[..., None], look_a, look_b)))
+    f = _norm(_halves(np.where(((yy + xx) % 4 == 0)[..., None], look_a, look_b)))
     truth = np.repeat([GRASS, SKY], 4)[:, None] * np.ones((1, 8), int)
-    assert (_labels("pixel", f) != truth).sum() == 16
+    assert (_labels("pixel", f) != truth).sum() == 8
     assert (_labels("adaptive", f) == truth).all()
-    _, aux = adaptive_aux(jnp.asarray(f.reshape(64, E)), CLASSES, TWO)
-    assert not np.asarray(aux["split"]).any()
-    assert np.asarray(aux["coherence"]).max() == pytest.approx(0.683, abs=1e-3)
+    aux = _aux(f)
+    top = aux["segments"][0]
+    assert aux["agreement"][top] == 0.75
+    assert aux["coherence"][top] == pytest.approx(0.939, abs=1e-3)
+    assert aux["coarse"].all() and not aux["fine"].any()
 
 
 def test_background_rule_counts_in_agreement():
-    # With a threshold above every grass score, the cat part (agreement: pixel label cat
-    # vs segment label background) still splits; grass and sky become background.
+    # With a threshold above every grass score (0.707), the grass segment and its pixels
+    # are background; the cat patches (pixel label cat, segment label background) still
+    # disagree and are outliers (cosine 0.478), so they keep cat.
     f = _halves(EYE[GRASS] + EYE[3])
     f[1:3, 5:7] = EYE[CAT] + 0.6 * EYE[3]
     f = _norm(f)
