@@ -14,7 +14,11 @@ forward pass per window. Benchmarks use the field protocol (short side 448,
 config.eval.bg_thresh on data sets with a background class, else none.
 
 Prints progress (images/s, ETA), a per-class IoU table per unit and writes JSON
-(--out, default WORKDIR/inference_<dataset>_step<STEP>.json). Bad input ends
+(--out, default WORKDIR/inference_<dataset>_step<STEP>.json). With --unit=all,
+--png=PATH also draws image | ground truth | pixel | group | adaptive for the
+images where the adaptive unit gains most over the better of the other two
+(pixel accuracy) and for those where it loses most (PATH gets the data set key
+inserted when several data sets are evaluated). Bad input ends
 with a one-line error naming the flag or path, exit status 2.
 """
 import os
@@ -22,11 +26,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import dataclasses  # noqa: E402
+import heapq  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from mgca_jax import checkpoints, cli_utils, inference  # noqa: E402
 from mgca_jax.cli_utils import fail  # noqa: E402
@@ -56,6 +63,8 @@ def build_parser():
     p.add_argument("--unit", default="adaptive", choices=inference.UNITS + ("all",))
     p.add_argument("--out", help="JSON results path")
     p.add_argument("--limit", type=int, help="evaluate only the first N images of each data set")
+    p.add_argument("--png", help="with --unit=all: PNG comparing the units on the images where they differ most")
+    p.add_argument("--png_rows", type=int, default=8, help="rows of --png (half gains, half losses)")
     cli_utils.add_inference_flags(p)
     return p
 
@@ -98,12 +107,58 @@ def embedded_job(config, data_dir: str, limit: int | None) -> Job:
                samples, native_size=int(config.input.image_size))
 
 
+class UnitExamples:
+    """Rows for the unit-comparison PNG, kept while streaming: the `rows // 2` images
+    where the adaptive unit's pixel accuracy beats the better of pixel and group by
+    the most (ties included, earliest first), and the `rows - rows // 2` where it
+    trails by the most."""
+
+    def __init__(self, units, rows: int):
+        self.units, self.n_gain, self.n_loss = tuple(units), rows // 2, rows - rows // 2
+        self.gains, self.losses, self.count = [], [], 0
+
+    def margin(self, gt, preds) -> float:
+        valid = gt != 255                          # the ignore label
+        if not valid.any():
+            return 0.0
+        acc = {u: float((p[valid] == gt[valid]).mean()) for u, p in zip(self.units, preds)}
+        return acc["adaptive"] - max(acc["pixel"], acc["group"])
+
+    def add(self, image, gt, preds) -> None:
+        m, item = self.margin(gt, preds), (image, gt, preds)
+        self.count += 1
+        heap, key, size = (self.gains, m, self.n_gain) if m >= 0 else (self.losses, -m, self.n_loss)
+        if size:
+            entry = (key, -self.count, item)         # ties: the earlier image wins
+            (heapq.heappush if len(heap) < size else heapq.heappushpop)(heap, entry)
+
+    def rows(self):
+        """(margin, image, gt, preds) from the largest gain to the largest loss."""
+        gains = sorted(((k, item) for k, _, item in self.gains), key=lambda e: -e[0])
+        losses = sorted(((-k, item) for k, _, item in self.losses), key=lambda e: -e[0])
+        return [(m, *item) for m, item in gains + losses]
+
+    def save(self, path, label_names) -> int:
+        rows = self.rows()
+        if rows:
+            from mgca_jax.evaluation import visualize
+            visualize.save_grid(path, [r[1] for r in rows], [r[2] for r in rows],
+                                [np.stack(r[3]) for r in rows], label_names,
+                                titles=("image", "ground truth") + self.units, legend="present")
+        return len(rows)
+
+
 def _finite(x):
     x = float(x)
     return x if math.isfinite(x) else None
 
 
-def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg):
+def png_path(png: str, key: str, several: bool) -> str:
+    root, ext = os.path.splitext(png)
+    return f"{root}_{key}{ext or '.png'}" if several else png
+
+
+def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None):
     """Runs every unit of `units` over the job's images; returns its JSON record."""
     from mgca_jax.evaluation import zeroshot
     config = loaded.config
@@ -121,12 +176,15 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg):
     progress = cli_utils.Progress(job.key, job.total)
     chunk = len(seg.devices) * args.windows_per_device
     batch = []
+    examples = UnitExamples(units, args.png_rows) if png else None
 
     def flush():
         preds = seg.segment([img for img, _ in batch])
-        for pred, (_, gt) in zip(preds, batch):
+        for pred, (image, gt) in zip(preds, batch):
             for k, u in enumerate(units):
                 accs[u].update(pred[k], gt)
+            if examples is not None:
+                examples.add(image, gt, list(pred))
         progress.update(len(batch))
         batch.clear()
 
@@ -138,6 +196,9 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg):
         flush()
     progress.update(0, force=True)
     seconds = time.time() - progress.start
+    if examples is not None:
+        print(f"wrote {png}: {examples.save(png, job.label_names)} rows "
+              "(adaptive's largest gains, then largest losses, in pixel accuracy)", flush=True)
     record = {"dataset": job.key, "title": job.title, "num_images": progress.done,
               "seconds": seconds, "images_per_sec": progress.rate, "bg_thresh": bg,
               "protocol": dataclasses.asdict(pcfg), "label_names": list(job.label_names), "units": {}}
@@ -165,6 +226,10 @@ def main(argv=None):
     units = inference.UNITS if args.unit == "all" else (args.unit,)
     if args.limit is not None and args.limit < 1:
         fail(f"--limit: expected a positive integer, got {args.limit}")
+    if args.png and args.unit != "all":
+        fail(f"--png: compares the units, so it needs --unit=all (got --unit={args.unit})")
+    if args.png_rows < 1:
+        fail(f"--png_rows: expected a positive integer, got {args.png_rows}")
     ucfg = cli_utils.unit_config(args)
     cli_utils.parse_bg_thresh(args.bg_thresh, None)              # validate flags before loading
     cli_utils.protocol_config(args, 448, 448, 224)
@@ -211,7 +276,8 @@ def main(argv=None):
 
     records = {}
     for job in jobs:
-        records[job.key] = evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg)
+        png = png_path(args.png, job.key, len(jobs) > 1) if args.png else None
+        records[job.key] = evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png)
     if len(records) > 1 or len(units) > 1:
         print(summary(records, units), flush=True)
 

@@ -78,9 +78,13 @@ def run(module, *args):
 
 def test_evaluate_voc21_all_units(workdir, voc_dir, tmp_path):
     out = tmp_path / "results.json"
+    png = tmp_path / "units.png"
     proc = run("mgca_jax.evaluate", f"--workdir={workdir}", "--dataset=voc21", f"--data_dir={voc_dir}",
-               "--unit=all", "--limit=2", f"--out={out}", *FAST)
+               "--unit=all", "--limit=2", f"--out={out}", f"--png={png}", "--png_rows=4", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {png}" in proc.stdout
+    with Image.open(png) as im:                          # 5 columns of the 2 images (or fewer rows)
+        assert im.format == "PNG" and im.width >= 5 * 2 * 48
     assert "images/s" in proc.stdout and "ETA" in proc.stdout and "2 devices" in proc.stdout
     for unit in ("pixel", "group", "adaptive"):
         assert f"voc21, {unit} unit" in proc.stdout
@@ -96,6 +100,27 @@ def test_evaluate_voc21_all_units(workdir, voc_dir, tmp_path):
         assert set(r["iou"]) == set(benchmarks.get_benchmark("voc21").label_names)
         defined = [v for v in r["iou"].values() if v is not None]
         assert r["miou"] == pytest.approx(np.mean(defined))
+
+
+def test_unit_examples_keep_the_largest_gains_and_losses():
+    from mgca_jax.evaluate import UnitExamples
+    gt = np.array([[0, 1], [1, 255]])                    # 3 valid pixels
+    right, wrong = gt.copy(), np.where(gt == 255, 255, 2)
+    one_off = np.array([[0, 1], [2, 255]])               # 2 of 3 right
+    ex = UnitExamples(("pixel", "group", "adaptive"), rows=3)   # 1 gain row, 2 loss rows
+    cases = {"gain 1/3": (one_off, wrong, right), "gain 1": (wrong, wrong, right),
+             "gain 1/3 later": (wrong, one_off, right),
+             "loss 1": (right, wrong, wrong), "loss 1/3": (wrong, right, one_off), "tie": (right, right, right)}
+    for name, preds in cases.items():
+        ex.add(name, gt, list(preds))
+    rows = ex.rows()
+    assert [r[1] for r in rows] == ["gain 1", "loss 1/3", "loss 1"]
+    np.testing.assert_allclose([r[0] for r in rows], [1.0, -1 / 3, -1.0])
+    ex = UnitExamples(("pixel", "group", "adaptive"), rows=4)   # 2 gain rows: ties keep the earlier
+    for name, preds in cases.items():
+        ex.add(name, gt, list(preds))
+    assert [r[1] for r in ex.rows()][:2] == ["gain 1", "gain 1/3"]
+    assert ex.margin(np.full((2, 2), 255), [right] * 3) == 0.0
 
 
 def _one_line_error(proc, *needles):

@@ -170,6 +170,7 @@ def save_grid(path, images, gts, preds, class_names: Sequence[str],
 
     ``images``: sequence of (H, W, 3) uint8; ``gts`` / ``preds``: sequences of
     (H, W) integer label maps (``gts`` may be None: then image | prediction).
+    A (U, H, W) entry of ``preds`` gives U prediction columns (name them in ``titles``).
     Every cell is nearest-neighbour upscaled by ``scale``. Above the rows is a
     header with ``titles``; below them a legend strip with every class name and
     its colour (``legend="present"`` lists only ids occurring in gts/preds,
@@ -190,7 +191,8 @@ def save_grid(path, images, gts, preds, class_names: Sequence[str],
     for k in range(n):
         img = _as_rgb_uint8(images[k])
         cells = [img]
-        for lab in ([gts[k]] if gts is not None else []) + [preds[k]]:
+        pred = np.asarray(preds[k])
+        for lab in ([gts[k]] if gts is not None else []) + (list(pred) if pred.ndim == 3 else [pred]):
             lab = np.asarray(lab)
             if alpha is not None and lab.shape == img.shape[:2]:
                 cells.append(overlay(img, lab, pal, alpha))
@@ -208,8 +210,8 @@ def save_grid(path, images, gts, preds, class_names: Sequence[str],
     grid_h = header_h + sum(row_h) + gap * n
     legend_img = None
     if legend != "none":
-        ids = None if legend == "all" else _present_ids(list(preds) + (list(gts) if gts is not None else []),
-                                                       len(class_names))
+        ids = None if legend == "all" else _present_ids(
+            [np.asarray(p) for p in preds] + (list(gts) if gts is not None else []), len(class_names))
         legend_img = render_legend(class_names, pal, ids=ids, width=grid_w)
     W = max(grid_w, legend_img.width if legend_img else 0)
     H = grid_h + (legend_img.height + gap if legend_img else 0)
