@@ -111,7 +111,7 @@ def adaptive_unit(p, class_emb, cfg: UnitConfig = UnitConfig(), bg_thresh=None, 
     g = cfg.num_groups
     seg = group_segments(p, cfg)                                        # [N]
     onehot = _one_hot(seg, g, p.dtype)                                  # [N, G]
-    centres = l2_normalize(onehot.T @ p)                                # [G, E]
+    centres = pool(p, seg, g)                                           # [G, E]
     seg_scores = centres @ class_emb.T                                  # [G, C]
     pix_scores = p @ class_emb.T                                        # [N, C]
     agrees = (protocol.predict_labels(pix_scores, bg_thresh)
