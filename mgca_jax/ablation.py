@@ -14,10 +14,10 @@ into that markdown file between `<!-- ablation:begin -->` and `<!-- ablation:end
 """
 import argparse
 import concurrent.futures
+import importlib.util
 import json
 import os
 import statistics
-import importlib.util
 import subprocess
 import sys
 import time

@@ -196,8 +196,8 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
         flush()
     progress.update(0, force=True)
     seconds = time.time() - progress.start
-    if examples is not None:
-        print(f"wrote {png}: {examples.save(png, job.label_names)} rows "
+    if examples is not None and examples.save(png, job.label_names):
+        print(f"wrote {png}: {len(examples.rows())} rows "
               "(adaptive's largest gains, then largest losses, in pixel accuracy)", flush=True)
     record = {"dataset": job.key, "title": job.title, "num_images": progress.done,
               "seconds": seconds, "images_per_sec": progress.rate, "bg_thresh": bg,
