@@ -118,7 +118,8 @@ class UnitExamples:
         self.gains, self.losses, self.count = [], [], 0
 
     def margin(self, gt, preds) -> float:
-        valid = gt != 255                          # the ignore label
+        from mgca_jax.evaluation.visualize import IGNORE_INDEX
+        valid = gt != IGNORE_INDEX
         if not valid.any():
             return 0.0
         acc = {u: float((p[valid] == gt[valid]).mean()) for u, p in zip(self.units, preds)}
@@ -196,8 +197,9 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
         flush()
     progress.update(0, force=True)
     seconds = time.time() - progress.start
-    if examples is not None and examples.save(png, job.label_names):
-        print(f"wrote {png}: {len(examples.rows())} rows "
+    written = examples.save(png, job.label_names) if examples is not None else 0
+    if written:
+        print(f"wrote {png}: {written} rows "
               "(adaptive's largest gains, then largest losses, in pixel accuracy)", flush=True)
     record = {"dataset": job.key, "title": job.title, "num_images": progress.done,
               "seconds": seconds, "images_per_sec": progress.rate, "bg_thresh": bg,
