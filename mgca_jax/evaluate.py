@@ -7,14 +7,19 @@
 --dataset: a benchmark of evaluation/benchmarks.py (voc21, voc20, context60, context59,
 coco_object, coco_stuff, cityscapes, ade20k) read from --data_dir in its official
 layout; `all` (every benchmark found under --data_dir); or `embedded` (the run's
-generated validation scenes, at their native size: one window per image, like the
-trainer's own evaluation). --unit=all scores pixel, group and adaptive from one
+generated validation scenes). The embedded world is scored as the field scores a
+model trained at 224 px (short side 448, 448/224 windows): short side and window
+twice the training size, stride the training size, so one window per image
+(--short_side, --crop and --stride override; the trainer's own evaluation stays at
+the native size). --unit=all scores pixel, group and adaptive from one
 forward pass per window. Benchmarks use the field protocol (short side 448,
 448/224 sliding windows, no post-processing); --bg_thresh defaults to
 config.eval.bg_thresh on data sets with a background class, else none.
 
 Prints progress (images/s, ETA), a per-class IoU table per unit and writes JSON
-(--out, default WORKDIR/inference_<dataset>_step<STEP>.json). With --unit=all,
+(--out, default WORKDIR/inference_<dataset>_step<STEP>.json). With --unit=all it also
+gives a 95% interval for adaptive minus each other unit's mIoU, from --bootstrap
+(default 1000) paired resamples of the images. With --unit=all,
 --png=PATH also draws image | ground truth | pixel | group | adaptive for the
 images where the adaptive unit gains most over the better of the other two
 (pixel accuracy) and for those where it loses most (PATH gets the data set key
@@ -48,11 +53,22 @@ class Job:
     has_background: bool
     total: int
     samples: Callable[[], Iterator]     # -> (name, uint8 image, uint8 label)
-    native_size: int | None = None      # embedded: evaluate at the images' own size
+    train_size: int | None = None       # embedded: the training image size (else a benchmark)
 
     @property
     def label_names(self) -> tuple:
         return (("background",) if self.has_background else ()) + tuple(self.class_names)
+
+
+FIELD_TRAIN_SIZE, FIELD_SHORT_SIDE, FIELD_CROP, FIELD_STRIDE = 224, 448, 448, 224
+
+
+def default_protocol(train_size: int | None = None) -> tuple[int, int, int]:
+    """(short side, crop, stride): the field's for a benchmark; for the embedded world
+    (trained at `train_size`) the same ratios to the training size as 448/448/224 to 224."""
+    if not train_size:
+        return FIELD_SHORT_SIDE, FIELD_CROP, FIELD_STRIDE
+    return tuple(train_size * v // FIELD_TRAIN_SIZE for v in (FIELD_SHORT_SIDE, FIELD_CROP, FIELD_STRIDE))
 
 
 def build_parser():
@@ -65,6 +81,9 @@ def build_parser():
     p.add_argument("--limit", type=int, help="evaluate only the first N images of each data set")
     p.add_argument("--png", help="with --unit=all: PNG comparing the units on the images where they differ most")
     p.add_argument("--png_rows", type=int, default=8, help="rows of --png (half gains, half losses)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="with --unit=all: paired image resamples for a 95%% interval of adaptive "
+                        "minus each other unit's mIoU (0 = off)")
     cli_utils.add_inference_flags(p)
     return p
 
@@ -104,7 +123,7 @@ def embedded_job(config, data_dir: str, limit: int | None) -> Job:
     names = (tuple(s.strip() for s in config.eval.class_names.split(","))
              if config.eval.class_names else tuple(scenes.CLASS_NAMES))
     return Job("embedded", f"{builder.name}/{config.data.config_name} {split}", names, True, n,
-               samples, native_size=int(config.input.image_size))
+               samples, train_size=int(config.input.image_size))
 
 
 class UnitExamples:
@@ -163,8 +182,7 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
     """Runs every unit of `units` over the job's images; returns its JSON record."""
     from mgca_jax.evaluation import zeroshot
     config = loaded.config
-    size = job.native_size
-    pcfg = cli_utils.protocol_config(args, size or 448, size or 448, (size // 2) if size else 224)
+    pcfg = cli_utils.protocol_config(args, *default_protocol(job.train_size))
     bg = cli_utils.parse_bg_thresh(args.bg_thresh, config.eval.bg_thresh if job.has_background else None)
     class_emb = zeroshot.class_embeddings(loaded.model, loaded.params, tokenizer, job.class_names,
                                           templates, config.input.max_len)
@@ -172,6 +190,7 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
                               protocol_config=pcfg, bg_thresh=bg,
                               windows_per_device=args.windows_per_device)
     accs = {u: metrics.ConfusionAccumulator(len(job.label_names)) for u in units}
+    per_image = {u: [] for u in units} if args.bootstrap and "adaptive" in units and len(units) > 1 else None
     print(f"== {job.key}: {job.title}, {job.total} images, units {', '.join(units)}, "
           f"bg_thresh {bg}, {len(seg.devices)} devices", flush=True)
     progress = cli_utils.Progress(job.key, job.total)
@@ -183,7 +202,9 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
         preds = seg.segment([img for img, _ in batch])
         for pred, (image, gt) in zip(preds, batch):
             for k, u in enumerate(units):
-                accs[u].update(pred[k], gt)
+                conf = accs[u].update(pred[k], gt)
+                if per_image is not None:
+                    per_image[u].append(metrics.iou_terms(conf))
             if examples is not None:
                 examples.add(image, gt, list(pred))
         progress.update(len(batch))
@@ -210,6 +231,17 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
               + metrics.format_table(job.label_names, res["iou"], res["miou"], res["acc"]), flush=True)
         record["units"][u] = {"miou": _finite(res["miou"]), "acc": _finite(res["acc"]),
                               "iou": {n: _finite(v) for n, v in zip(job.label_names, res["iou"])}}
+    if per_image is not None and progress.done:
+        record["paired_bootstrap"] = {}
+        for u in units:
+            if u != "adaptive":
+                b = metrics.paired_bootstrap(np.stack(per_image["adaptive"]), np.stack(per_image[u]),
+                                             args.bootstrap)
+                record["paired_bootstrap"][f"adaptive-{u}"] = b
+                print(f"-- {job.key}: adaptive - {u} = {100 * b['diff']:+.2f} mIoU, 95% interval "
+                      f"[{100 * b['low']:+.2f}, {100 * b['high']:+.2f}], above zero in "
+                      f"{100 * b['p_above_zero']:.1f}% of {b['samples']} paired image resamples",
+                      flush=True)
     return record
 
 
@@ -232,9 +264,11 @@ def main(argv=None):
         fail(f"--png: compares the units, so it needs --unit=all (got --unit={args.unit})")
     if args.png_rows < 1:
         fail(f"--png_rows: expected a positive integer, got {args.png_rows}")
+    if args.bootstrap < 0:
+        fail(f"--bootstrap: expected a non-negative integer, got {args.bootstrap}")
     ucfg = cli_utils.unit_config(args)
     cli_utils.parse_bg_thresh(args.bg_thresh, None)              # validate flags before loading
-    cli_utils.protocol_config(args, 448, 448, 224)
+    cli_utils.protocol_config(args, *default_protocol())
     try:
         config_path, _, _ = checkpoints.resolve(args.workdir, args.checkpoint)
         config = checkpoints.load_config(config_path)

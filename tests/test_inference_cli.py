@@ -100,6 +100,21 @@ def test_evaluate_voc21_all_units(workdir, voc_dir, tmp_path):
         assert set(r["iou"]) == set(benchmarks.get_benchmark("voc21").label_names)
         defined = [v for v in r["iou"].values() if v is not None]
         assert r["miou"] == pytest.approx(np.mean(defined))
+    boot = voc["paired_bootstrap"]                       # adaptive minus each other unit
+    assert set(boot) == {"adaptive-pixel", "adaptive-group"} and boot["adaptive-pixel"]["samples"] == 1000
+    for other in ("pixel", "group"):
+        b = boot[f"adaptive-{other}"]
+        assert b["diff"] == pytest.approx(voc["units"]["adaptive"]["miou"] - voc["units"][other]["miou"])
+        assert b["low"] <= b["high"] and 0.0 <= b["p_above_zero"] <= 1.0
+    assert proc.stdout.count("paired image resamples") == 2
+
+
+def test_default_protocol_scales_the_fields_ratios_to_the_training_size():
+    from mgca_jax import evaluate
+    assert evaluate.default_protocol() == (448, 448, 224)          # benchmarks: the field's protocol
+    assert evaluate.default_protocol(224) == (448, 448, 224)
+    assert evaluate.default_protocol(64) == (128, 128, 64)         # embedded demo: one 128 px window
+    assert evaluate.default_protocol(32) == (64, 64, 32)
 
 
 def test_unit_examples_keep_the_largest_gains_and_losses():
@@ -137,6 +152,8 @@ def test_bad_paths_give_one_line_errors(workdir, tmp_path):
                         f"--data_dir={tmp_path}"), "--workdir", missing)
     _one_line_error(run("mgca_jax.evaluate", f"--workdir={workdir}", "--dataset=voc21",
                         f"--data_dir={tmp_path}"), tmp_path / "VOCdevkit" / "VOC2012")
+    _one_line_error(run("mgca_jax.evaluate", f"--workdir={workdir}", "--dataset=voc21",
+                        f"--data_dir={tmp_path}", "--bootstrap=-1"), "--bootstrap", "-1")
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     _one_line_error(run("mgca_jax.segment", f"--checkpoint={workdir / 'checkpoints' / '7'}",

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from mgca_jax.evaluation.metrics import ConfusionAccumulator, confusion_matrix, format_table
+from mgca_jax.evaluation.metrics import (ConfusionAccumulator, confusion_matrix, format_table, iou_terms,
+                                          paired_bootstrap, scores_from_confusion)
 
 
 # 2x3 image, 3 classes; pixel (1, 2) is ignored (255).
@@ -153,3 +154,48 @@ def test_format_table():
     assert "mIoU: 37.50" in txt
     with pytest.raises(ValueError):
         format_table(["a"], np.array([0.1, 0.2]), 0.15)
+
+
+def test_iou_terms_hand_case():
+    # GT/PRED above (ignored pixel dropped): gt areas [2, 2, 1], pred areas [1, 3, 1],
+    # intersections [1, 2, 1], so unions [2, 3, 1].
+    terms = iou_terms(confusion_matrix(PRED, GT, 3))
+    np.testing.assert_array_equal(terms, [[1, 2, 1], [2, 3, 1]])
+
+
+def _random_images(rng, n, classes=4, size=(6, 7)):
+    gt = rng.integers(0, classes, (n,) + size)
+    gt[:, 0, 0] = 255
+    return gt, [np.where(rng.random(size) < q, gt, rng.integers(0, classes, (n,) + size)) % classes
+                for q in (0.7, 0.5)]
+
+
+def test_paired_bootstrap_matches_a_loop_over_resamples():
+    rng = np.random.default_rng(3)
+    gt, (pa, pb) = _random_images(rng, 9)
+    conf = {k: np.stack([confusion_matrix(p[i], gt[i], 4) for i in range(9)]) for k, p in (("a", pa), ("b", pb))}
+    out = paired_bootstrap(np.stack([iou_terms(c) for c in conf["a"]]),
+                           np.stack([iou_terms(c) for c in conf["b"]]), samples=200, seed=5)
+    # Reference: same draws, each resample's confusion matrices summed, scored by scores_from_confusion.
+    draws = np.random.default_rng(5)
+    diffs = []
+    for _ in range(200):
+        idx = draws.integers(0, 9, 9)
+        diffs.append(scores_from_confusion(conf["a"][idx].sum(0))["miou"]
+                     - scores_from_confusion(conf["b"][idx].sum(0))["miou"])
+    full = (scores_from_confusion(conf["a"].sum(0))["miou"] - scores_from_confusion(conf["b"].sum(0))["miou"])
+    assert out["diff"] == pytest.approx(full, abs=1e-12) and full > 0
+    assert out["low"] == pytest.approx(np.percentile(diffs, 2.5), abs=1e-12)
+    assert out["high"] == pytest.approx(np.percentile(diffs, 97.5), abs=1e-12)
+    assert out["p_above_zero"] == pytest.approx(np.mean(np.array(diffs) > 0))
+    assert out["low"] <= out["diff"] <= out["high"]
+
+
+def test_paired_bootstrap_of_a_predictor_against_itself_is_zero():
+    rng = np.random.default_rng(0)
+    gt, (pa, _) = _random_images(rng, 5)
+    terms = np.stack([iou_terms(confusion_matrix(pa[i], gt[i], 4)) for i in range(5)])
+    out = paired_bootstrap(terms, terms, samples=50)
+    assert (out["diff"], out["low"], out["high"], out["p_above_zero"]) == (0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"\[N, 2, C\]"):
+        paired_bootstrap(terms, terms[:, :, :3])

@@ -20,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "ConfusionAccumulator", "scores_from_confusion", "format_table"]
+__all__ = ["confusion_matrix", "ConfusionAccumulator", "scores_from_confusion", "format_table",
+           "iou_terms", "paired_bootstrap"]
 
 
 def _bad_values(values: np.ndarray, num_classes: int) -> np.ndarray:
@@ -116,9 +117,12 @@ class ConfusionAccumulator:
         self.confusion[...] = 0
         self.num_updates = 0
 
-    def update(self, pred, gt) -> None:
-        self.confusion += confusion_matrix(pred, gt, self.num_classes, self.ignore_index)
+    def update(self, pred, gt) -> np.ndarray:
+        """Adds one batch; returns that batch's own confusion matrix."""
+        conf = confusion_matrix(pred, gt, self.num_classes, self.ignore_index)
+        self.confusion += conf
         self.num_updates += 1
+        return conf
 
     def merge(self, other: "ConfusionAccumulator") -> None:
         if other.num_classes != self.num_classes:
@@ -132,6 +136,43 @@ class ConfusionAccumulator:
         out = scores_from_confusion(self.confusion)
         out["confusion"] = self.confusion.copy()
         return out
+
+
+def iou_terms(conf) -> np.ndarray:
+    """[2, C] (intersection, union) of one confusion matrix; they add up over images."""
+    conf = np.asarray(conf, np.int64)
+    inter = np.diag(conf)
+    return np.stack([inter, conf.sum(0) + conf.sum(1) - inter])
+
+
+def paired_bootstrap(terms_a, terms_b, samples: int = 1000, seed: int = 0) -> dict:
+    """Uncertainty of mIoU(a) - mIoU(b) for two predictors scored on the same images.
+
+    terms_a, terms_b: per-image `iou_terms`, [N, 2, C]. Each of `samples`
+    resamples draws N image indices with replacement (numpy default_rng(seed))
+    and computes both dataset-level mIoUs on that same draw. Returns diff (on
+    all images), low/high (2.5th/97.5th percentile of the resampled diffs) and
+    p_above_zero (share of resamples with diff > 0).
+    """
+    a, b = np.asarray(terms_a, np.float64), np.asarray(terms_b, np.float64)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[0] == 0 or a.shape[1] != 2:
+        raise ValueError(f"expected two [N, 2, C] stacks of iou_terms of the same shape, N > 0; "
+                         f"got {a.shape} and {b.shape}")
+    n = a.shape[0]
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(samples)])
+
+    def miou(terms, w):                      # w [S, N] -> [S]
+        inter, union = w @ terms[:, 0], w @ terms[:, 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.nanmean(np.where(union > 0, inter / np.maximum(union, 1), np.nan), axis=-1)
+
+    diffs = miou(a, weights) - miou(b, weights)
+    ones = np.ones((1, n))
+    diff = float((miou(a, ones) - miou(b, ones))[0])
+    return {"diff": diff, "low": float(np.percentile(diffs, 2.5)),
+            "high": float(np.percentile(diffs, 97.5)), "p_above_zero": float(np.mean(diffs > 0)),
+            "samples": int(samples), "seed": int(seed)}
 
 
 def format_table(class_names: Sequence[str], iou, miou: float, acc: float | None = None) -> str:
