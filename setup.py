@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",          # clu writes TensorBoard summaries but does not declare it
     "sentencepiece==0.2.3",
     "pillow==13.0.0",
+    "scipy==1.17.1",                # connected components (evaluation/failure_modes.py)
 ]
 
 setup(

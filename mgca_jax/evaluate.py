@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from mgca_jax import checkpoints, cli_utils, inference  # noqa: E402
 from mgca_jax.cli_utils import fail  # noqa: E402
-from mgca_jax.evaluation import benchmarks, metrics  # noqa: E402
+from mgca_jax.evaluation import benchmarks, failure_modes, metrics  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -190,6 +190,7 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
                               protocol_config=pcfg, bg_thresh=bg,
                               windows_per_device=args.windows_per_device)
     accs = {u: metrics.ConfusionAccumulator(len(job.label_names)) for u in units}
+    failures = {u: failure_modes.FailureModes() for u in units} if job.has_background else None
     per_image = {u: [] for u in units} if args.bootstrap and "adaptive" in units and len(units) > 1 else None
     print(f"== {job.key}: {job.title}, {job.total} images, units {', '.join(units)}, "
           f"bg_thresh {bg}, {len(seg.devices)} devices", flush=True)
@@ -205,6 +206,8 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
                 conf = accs[u].update(pred[k], gt)
                 if per_image is not None:
                     per_image[u].append(metrics.iou_terms(conf))
+                if failures is not None:
+                    failures[u].update(pred[k], gt)
             if examples is not None:
                 examples.add(image, gt, list(pred))
         progress.update(len(batch))
@@ -231,6 +234,10 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
               + metrics.format_table(job.label_names, res["iou"], res["miou"], res["acc"]), flush=True)
         record["units"][u] = {"miou": _finite(res["miou"]), "acc": _finite(res["acc"]),
                               "iou": {n: _finite(v) for n, v in zip(job.label_names, res["iou"])}}
+    if failures is not None and progress.done:
+        record["failure_modes"] = {u: f.summary() for u, f in failures.items()}
+        print(f"-- {job.key}: failure modes\n" + failure_modes.format_table(record["failure_modes"]),
+              flush=True)
     if per_image is not None and progress.done:
         record["paired_bootstrap"] = {}
         for u in units:

@@ -107,6 +107,9 @@ def test_evaluate_voc21_all_units(workdir, voc_dir, tmp_path):
         assert b["diff"] == pytest.approx(voc["units"]["adaptive"]["miou"] - voc["units"][other]["miou"])
         assert b["low"] <= b["high"] and 0.0 <= b["p_above_zero"] <= 1.0
     assert proc.stdout.count("paired image resamples") == 2
+    assert "voc21: failure modes" in proc.stdout and "object fragments per image" in proc.stdout
+    assert set(voc["failure_modes"]) == {"pixel", "group", "adaptive"}
+    assert all(f["images"] == 2 for f in voc["failure_modes"].values())
 
 
 def test_default_protocol_scales_the_fields_ratios_to_the_training_size():
