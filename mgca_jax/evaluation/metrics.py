@@ -140,9 +140,8 @@ class ConfusionAccumulator:
 
 def iou_terms(conf) -> np.ndarray:
     """[2, C] (intersection, union) of one confusion matrix; they add up over images."""
-    conf = np.asarray(conf, np.int64)
-    inter = np.diag(conf)
-    return np.stack([inter, conf.sum(0) + conf.sum(1) - inter])
+    res = scores_from_confusion(conf)
+    return np.stack([res["intersection"], res["union"]])
 
 
 def paired_bootstrap(terms_a, terms_b, samples: int = 1000, seed: int = 0) -> dict:
