@@ -36,3 +36,36 @@ def test_two_processes_match_one():
     assert single.shape == (STEPS,) and np.all(np.isfinite(single))
     assert single[0] != single[-1]  # parameters did change
     np.testing.assert_allclose(multi, single, rtol=1e-5)
+
+
+DATA_WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_data_worker.py")
+
+
+def run_data_setup(data_dirs):
+    """One process per entry of data_dirs (its config.data_dir); returns their stdouts."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               TF_CPP_MIN_LOG_LEVEL="3")
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, DATA_WORKER, str(i), str(len(data_dirs)), coordinator, str(d)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, d in enumerate(data_dirs)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outs]
+
+
+def test_shared_data_dir_is_prepared_once_by_process_0(tmp_path):
+    outs = run_data_setup([tmp_path, tmp_path])
+    assert "generating mgca_scenes" in outs[0] and "training tokenizer" in outs[0]
+    assert "generating" not in outs[1] and "training" not in outs[1]      # it read process 0's
+    hashes = [[l for l in out.splitlines() if l.startswith("tokenizer:")] for out in outs]
+    assert len(hashes[0]) == 1 and hashes[0] == hashes[1]
+
+
+def test_unshared_data_dir_names_the_missing_tokenizer(tmp_path):
+    outs = run_data_setup([tmp_path / "host0", tmp_path / "host1"])
+    assert "generating mgca_scenes" in outs[1]                           # scenes: made locally
+    assert "training" not in outs[1]                                     # tokenizer: never
+    missing = tmp_path / "host1" / "mgca_scenes" / "tiny"
+    assert f"error: config.input.tokenizer: process 1 does not see {missing}" in outs[1], outs[1]

@@ -19,12 +19,29 @@ from mgca_jax.data.tokenizer import Tokenizer, train_tokenizer
 EMBEDDED = "mgca_scenes"
 
 
+def process_0_first(fn, name: str):
+    """fn() on process 0, then, once every process has got here, on the others.
+
+    With several processes on one shared data_dir, what fn writes (the generated
+    scenes, a trained tokenizer) is written once, by process 0, and read by the rest.
+    """
+    import jax
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+    out = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(f"mgca_jax: {name}")
+    return out if jax.process_index() == 0 else fn()
+
+
 def get_builder(config):
     """The data set builder named by config.data, prepared (the embedded one is generated)."""
     data_dir = config.data_dir
     if config.data.name == EMBEDDED:
         from mgca_jax.data import scenes_builder
-        return scenes_builder.build(data_dir, config.data.config_name)
+        # Deterministic: a host that does not share data_dir generates the same scenes itself.
+        return process_0_first(lambda: scenes_builder.build(data_dir, config.data.config_name),
+                               "embedded data set")
     if config.data.name == "cc3m":
         from mgca_jax.data import cc3m_builder  # noqa: F401  (registers the builder)
     builder = tfds.builder(config.data.name, data_dir=data_dir)
@@ -48,17 +65,27 @@ def _captions(builder, split="train"):
 
 
 def get_tokenizer(config, builder) -> Tokenizer:
-    """config.input.tokenizer, or (if empty) one trained on the train captions and cached."""
+    """config.input.tokenizer, or (if empty) one trained on the train captions and cached
+    in the builder's data dir (by process 0 only when there are several)."""
     path = config.input.tokenizer
     if path:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config.input.tokenizer: file {path} does not exist")
         return Tokenizer(path)
+    import jax
     cache = os.path.join(builder.data_dir, f"spm_{config.input.vocab_size}.model")
-    if not os.path.isfile(cache):
-        print(f"training tokenizer on {builder.name} captions -> {cache}", flush=True)
-        train_tokenizer(_captions(builder), cache, config.input.vocab_size)
-    return Tokenizer(cache)
+
+    def load_or_train():
+        if not os.path.isfile(cache):
+            if jax.process_index() > 0:     # every host must share process 0's vocabulary
+                raise FileNotFoundError(
+                    f"config.input.tokenizer: process {jax.process_index()} does not see {cache}, "
+                    "which process 0 trained; put config.data_dir on a file system every host "
+                    "shares, or set config.input.tokenizer to a model every host can read")
+            print(f"training tokenizer on {builder.name} captions -> {cache}", flush=True)
+            train_tokenizer(_captions(builder), cache, config.input.vocab_size)
+        return Tokenizer(cache)
+    return process_0_first(load_or_train, "tokenizer")
 
 
 def make_context(config, tokenizer) -> ops.Context:
