@@ -10,9 +10,12 @@ ssh_all() { gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all -
 case $action in
   create) gcloud compute tpus tpu-vm create "$name" --zone "$zone" --accelerator-type "$accel" \
             --version tpu-ubuntu2204-base ;;
+  # The ubuntu-2204 image has Python 3.10; setup.py needs 3.11 (deadsnakes), in ~/venv.
   setup)  gcloud compute tpus tpu-vm scp --recurse --zone "$zone" --worker=all . "$name":~/mgca_jax
-          ssh_all "cd ~/mgca_jax && pip install -q -c requirements.lock -e . 'jax[tpu]==0.10.2'" ;;
-  run)    ssh_all "cd ~/mgca_jax && nohup python -m mgca_jax.main $* > ~/train.log 2>&1 &" ;;
+          ssh_all "sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get install -y -qq \
+                   python3.11 python3.11-venv && python3.11 -m venv ~/venv && cd ~/mgca_jax && \
+                   ~/venv/bin/pip install -q -c requirements.lock -e . 'jax[tpu]==0.10.2'" ;;
+  run)    ssh_all "cd ~/mgca_jax && nohup ~/venv/bin/python -m mgca_jax.main $* > ~/train.log 2>&1 &" ;;
   logs)   mkdir -p logs/"$name"
           for w in $(seq 0 $(( $(gcloud compute tpus tpu-vm describe "$name" --zone "$zone" \
                 --format='value(networkEndpoints.len())') - 1 ))); do
