@@ -55,6 +55,9 @@ def main(argv):
         fail("--config is required, e.g. --config=configs/demo.py")
     if not _WORKDIR.value:
         fail("--workdir is required")
+    if "://" in _WORKDIR.value:
+        fail(f"--workdir: {_WORKDIR.value} is a URL; only paths are supported, so mount it "
+             "(e.g. with gcsfuse) at the same path on every host")
     logging.set_verbosity(logging.WARNING)
     maybe_initialize_distributed()
     import jax

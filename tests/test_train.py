@@ -166,6 +166,10 @@ def test_main_end_to_end_and_bad_input(data_dir, tmp_path):
         assert proc.returncode != 0, flag
         lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
         assert len(lines) == 1 and field in lines[0], (flag, proc.stderr[-2000:])
+    proc = run_main("--config=configs/tiny.py", "--workdir=gs://bucket/run", f"--config.data_dir={data_dir}")
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "--workdir: gs://bucket/run" in lines[0], proc.stderr
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))
     after = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
              for d, _, fs in os.walk(ckpt) for f in fs}
     assert before == after
