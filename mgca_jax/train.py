@@ -197,13 +197,16 @@ def train_and_evaluate(config, workdir):
     batch_sh = sharding.batch_sharding(mesh)
     stop = _StopFlag()
     t0, t_last, s_last = time.time(), time.time(), start
-    result = None
+    result, in_flight = None, None
     try:
         with jax.set_mesh(mesh):
             for step in range(start + 1, config.total_steps + 1):
                 local = next(batches)
                 batch = {k: jax.make_array_from_process_local_data(batch_sh, v) for k, v in local.items()}
                 state, metrics = step_fn(state, batch, rng)
+                # At most two steps in flight: a SIGTERM then waits for one step, not a queue.
+                jax.block_until_ready(in_flight)
+                in_flight = metrics["loss"]
                 last = step == config.total_steps or stop.stop
                 if step % config.log_every == 0 or last:
                     metrics = jax.tree.map(float, jax.device_get(metrics))
@@ -223,8 +226,8 @@ def train_and_evaluate(config, workdir):
                     evaluate(config, workdir, model, state["params"], builder, ctx, tokenizer,
                              step, writer)
                 if stop.stop:
-                    print(f"SIGTERM: saved step {step}, exiting", flush=True)
                     mngr.wait_until_finished()
+                    print(f"SIGTERM: saved step {step}, exiting", flush=True)
                     return None
             mngr.wait_until_finished()
             print(f"trained {config.total_steps - start} steps in {_fmt_seconds(time.time() - t0)}",
