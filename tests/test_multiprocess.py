@@ -16,17 +16,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(num_processes, devices_each):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
+def launch(worker, last_args, devices_each):
+    """One process of `worker` per entry of last_args (its final argument), joined through
+    jax.distributed on localhost; returns their stdouts once all exited with status 0."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
     coordinator = f"127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen([sys.executable, WORKER, str(i), str(num_processes), coordinator, str(STEPS)],
+    procs = [subprocess.Popen([sys.executable, worker, str(i), str(len(last_args)), coordinator, str(a)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(num_processes)]
+             for i, a in enumerate(last_args)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    line = [l for l in outs[0][0].splitlines() if l.startswith("losses:")][0]
+    return [out for out, _ in outs]
+
+
+def run(num_processes, devices_each):
+    outs = launch(WORKER, [STEPS] * num_processes, devices_each)
+    line = [l for l in outs[0].splitlines() if l.startswith("losses:")][0]
     return np.array([float(x) for x in line.split()[1:]])
 
 
@@ -43,16 +50,7 @@ DATA_WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_data_worker.
 
 def run_data_setup(data_dirs):
     """One process per entry of data_dirs (its config.data_dir); returns their stdouts."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               TF_CPP_MIN_LOG_LEVEL="3")
-    coordinator = f"127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen([sys.executable, DATA_WORKER, str(i), str(len(data_dirs)), coordinator, str(d)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i, d in enumerate(data_dirs)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    return [out for out, _ in outs]
+    return launch(DATA_WORKER, data_dirs, 1)
 
 
 def test_shared_data_dir_is_prepared_once_by_process_0(tmp_path):
