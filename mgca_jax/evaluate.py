@@ -60,15 +60,17 @@ class Job:
         return (("background",) if self.has_background else ()) + tuple(self.class_names)
 
 
-FIELD_TRAIN_SIZE, FIELD_SHORT_SIDE, FIELD_CROP, FIELD_STRIDE = 224, 448, 448, 224
+FIELD_TRAIN_SIZE = 224     # the field trains at 224 and scores with inference.ProtocolConfig()
 
 
 def default_protocol(train_size: int | None = None) -> tuple[int, int, int]:
     """(short side, crop, stride): the field's for a benchmark; for the embedded world
     (trained at `train_size`) the same ratios to the training size as 448/448/224 to 224."""
+    d = inference.ProtocolConfig()
+    field = (d.short_side, d.crop, d.stride)
     if not train_size:
-        return FIELD_SHORT_SIDE, FIELD_CROP, FIELD_STRIDE
-    return tuple(train_size * v // FIELD_TRAIN_SIZE for v in (FIELD_SHORT_SIDE, FIELD_CROP, FIELD_STRIDE))
+        return field
+    return tuple(train_size * v // FIELD_TRAIN_SIZE for v in field)
 
 
 def build_parser():

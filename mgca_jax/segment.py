@@ -67,7 +67,8 @@ def main(argv=None):
         fail(f"--alpha: expected a value in [0, 1], got {args.alpha}")
     files = find_images(args.image)
     ucfg = cli_utils.unit_config(args)
-    pcfg = cli_utils.protocol_config(args, 448, 448, 224)
+    d = inference.ProtocolConfig()
+    pcfg = cli_utils.protocol_config(args, d.short_side, d.crop, d.stride)
     bg = cli_utils.parse_bg_thresh(args.bg_thresh, None)
     try:
         loaded = checkpoints.load(args.workdir, args.checkpoint)
