@@ -118,7 +118,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "fsdp silently replicates every parameter"),
     M("restore_skips_shape_check", "mgca_jax/checkpoints.py",
       "if tuple(want.shape) != tuple(np.shape(got)):", "if False:",
-      ("tests/test_inference_cli.py",), "a checkpoint of another shape loads without error"),
+      ("tests/test_checkpoints.py",), "a checkpoint of another shape loads without error"),
     # --- inference units and protocol
     M("adaptive_outliers_ignored", "mgca_jax/inference.py",
       "outlier = ~agrees & (cos < cfg.outlier_thresh)", "outlier = ~agrees & False",
