@@ -111,7 +111,7 @@ MUTANTS: tuple[Mutant, ...] = (
     M("last_step_not_saved", "mgca_jax/train.py",
       "if step % config.checkpoint_every == 0 or last:",
       "if step % config.checkpoint_every == 0:",
-      ("tests/test_train.py::test_save_stop_resume_is_identical",), "the final (or SIGTERM) step is not checkpointed"),
+      ("tests/test_train_step.py::test_last_step_is_saved_off_the_checkpoint_grid",), "the final (or SIGTERM) step is not checkpointed"),
     M("fsdp_shards_nothing", "mgca_jax/sharding.py",
       "            return P(*spec)\n", "            return P()\n",
       ("tests/test_benchmark_scripts.py", "tests/test_train.py::test_fsdp_matches_replicated"),

@@ -72,3 +72,17 @@ def test_each_step_draws_new_anchors():
         assert float(m0[f"loss_{term}"]) == float(m1[f"loss_{term}"]), term
     assert float(m0["loss_pixel"]) != float(m1["loss_pixel"])
     assert np.isfinite([float(v) for v in m1.values()]).all()
+
+
+def test_last_step_is_saved_off_the_checkpoint_grid(tmp_path):
+    """total_steps not a multiple of checkpoint_every: the final step is still saved."""
+    import orbax.checkpoint as ocp
+    c = config()
+    c.model.vocab_size = -1
+    c.data_dir = str(tmp_path / "data")
+    os.makedirs(c.data_dir)
+    c.total_steps, c.checkpoint_every, c.eval.every = 3, 100, 0
+    result = train.train_and_evaluate(c, str(tmp_path / "wd"))
+    assert np.isfinite(result["miou"])
+    with ocp.CheckpointManager(str(tmp_path / "wd" / "checkpoints")) as mngr:
+        assert mngr.all_steps() == [3]
