@@ -174,7 +174,7 @@ MUTANTS: tuple[Mutant, ...] = (
     M("normalize_std_mean_swapped", "mgca_jax/data/ops.py",
       'ex["image"] = (tf.cast(ex["image"], tf.float32) - mean) / std',
       'ex["image"] = (tf.cast(ex["image"], tf.float32) - std) / mean',
-      ("tests/test_input_pipeline.py",), "training images normalised with swapped statistics"),
+      ("tests/test_ops.py",), "training images normalised with swapped statistics"),
     M("tokenizer_no_eos", "mgca_jax/data/tokenizer.py",
       "return ([BOS] + ids + [EOS] + [PAD] * max_len)[:max_len]",
       "return ([BOS] + ids + [PAD] * max_len)[:max_len]",
