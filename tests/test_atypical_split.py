@@ -226,10 +226,10 @@ def test_evaluate_scores_the_atypical_split(trained, tmp_path):
     out = tmp_path / "aty.json"
     fast = ["--short_side=48", "--crop=48", "--stride=16", "--windows_per_device=2"]
     proc = _run("-m", "mgca_jax.evaluate", f"--workdir={wd}", "--dataset=embedded_atypical",
-                f"--data_dir={data}", "--unit=pixel", "--limit=6", f"--out={out}", *fast)
+                f"--data_dir={data}", "--unit=pixel", f"--out={out}", *fast)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(out.read_text())["results"]["embedded_atypical"]
-    assert rec["num_images"] == 6 and "validation_atypical" in rec["title"]
+    assert rec["num_images"] == 64 and "validation_atypical" in rec["title"]
 
     from mgca_jax import checkpoints, inference
     from mgca_jax.evaluation import protocol, zeroshot
@@ -241,7 +241,7 @@ def test_evaluate_scores_the_atypical_split(trained, tmp_path):
     seg = inference.Segmenter(loaded.model, loaded.params, emb, units=("pixel",),
                               protocol_config=inference.ProtocolConfig(short_side=48, crop=48, stride=16),
                               bg_thresh=loaded.config.eval.bg_thresh, windows_per_device=2)
-    exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(6)]
+    exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(64)]
     preds = [p[0] for p in seg.segment([e["image"] for e in exs])]
     conf = _confusion(preds, [e["mask"] for e in exs], scenes.NUM_CLASSES)
     union = conf.sum(0) + conf.sum(1) - np.diag(conf)
