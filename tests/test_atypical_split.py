@@ -210,13 +210,33 @@ def test_trainer_scores_both_validation_splits(trained):
     for split in res["splits"].values():
         assert 0.0 <= split["miou"] <= 1.0 and "circle" in split["iou"]
     assert (wd / "segmentation_validation_atypical_step6.png").stat().st_size > 1000
+    # The atypical figure is that of the atypical scenes: a float64 re-count of the final
+    # checkpoint's pixel-unit labels on the 64 scenes drawn straight from the generator.
+    from mgca_jax import checkpoints
+    from mgca_jax.evaluation import protocol, zeroshot
+    loaded = checkpoints.load(str(wd), None)
+    assert loaded.step == 6
+    tok = checkpoints.load_tokenizer(loaded.config)
+    emb = zeroshot.class_embeddings(loaded.model, loaded.params, tok, scenes.CLASS_NAMES,
+                                    protocol.get_templates(loaded.config.eval.templates),
+                                    loaded.config.input.max_len)
+    exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(64)]
+    images = np.stack([protocol.normalize(e["image"]) for e in exs])
+    preds = np.asarray(zeroshot.predict(loaded.model, loaded.params, images, emb,
+                                        loaded.config.eval.bg_thresh))
+    assert res["splits"]["validation_atypical"]["miou"] == pytest.approx(
+        _miou(preds, [e["mask"] for e in exs]), abs=1e-6)
 
 
-def _confusion(preds, gts, n):
+def _miou(preds, gts):
+    """Mean IoU in float64 over the labels present or predicted."""
+    n = scenes.NUM_CLASSES
     conf = np.zeros((n, n), np.float64)
     for p, g in zip(preds, gts):
-        np.add.at(conf, (g.ravel().astype(int), p.ravel().astype(int)), 1)
-    return conf
+        np.add.at(conf, (np.asarray(g).ravel().astype(int), np.asarray(p).ravel().astype(int)), 1)
+    union = conf.sum(0) + conf.sum(1) - np.diag(conf)
+    scored = union > 0
+    return (np.diag(conf)[scored] / union[scored]).mean()
 
 
 def test_evaluate_scores_the_atypical_split(trained, tmp_path):
@@ -243,11 +263,8 @@ def test_evaluate_scores_the_atypical_split(trained, tmp_path):
                               bg_thresh=loaded.config.eval.bg_thresh, windows_per_device=2)
     exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(64)]
     preds = [p[0] for p in seg.segment([e["image"] for e in exs])]
-    conf = _confusion(preds, [e["mask"] for e in exs], scenes.NUM_CLASSES)
-    union = conf.sum(0) + conf.sum(1) - np.diag(conf)
-    scored = union > 0                                   # present or predicted
-    miou = (np.diag(conf)[scored] / union[scored]).mean()
-    assert rec["units"]["pixel"]["miou"] == pytest.approx(miou, abs=1e-6)
+    assert rec["units"]["pixel"]["miou"] == pytest.approx(_miou(preds, [e["mask"] for e in exs]),
+                                                          abs=1e-6)
 
     proc = _run("-m", "mgca_jax.evaluate", f"--workdir={wd}", "--dataset=embedded_atypicl",
                 f"--data_dir={data}")
