@@ -13,8 +13,9 @@ generated scenes: `embedded` (validation, i.e. config.data.eval_split),
 in a contrasting colour that is not its class's typical one, so only shape tells
 the class), `embedded_tune` and `embedded_tune_atypical` (the tune splits, for
 choosing settings without either validation split). The embedded world is
-scored as the field scores a model trained at 224 px (short side 448, 448/224 windows): short side and window
-twice the training size, stride the training size, so one window per image
+scored as the field scores a model trained at 224 px (short side 448, 448/224
+windows): short side and window twice the training size, stride the training
+size, so one window per image
 (--short_side, --crop and --stride override; the trainer's own evaluation stays at
 the native size). --unit=all scores pixel, group and adaptive from one
 forward pass per window. Benchmarks use the field protocol (short side 448,
