@@ -3,13 +3,19 @@
   python -m mgca_jax.evaluate --workdir=DIR --dataset=voc21 --data_dir=/data --unit=adaptive
   python -m mgca_jax.evaluate --checkpoint=DIR/checkpoints/STEP --dataset=all --data_dir=/data --unit=all
   python -m mgca_jax.evaluate --workdir=DIR --dataset=embedded --unit=all
+  python -m mgca_jax.evaluate --workdir=DIR --dataset=embedded_atypical --unit=all
 
 --dataset: a benchmark of evaluation/benchmarks.py (voc21, voc20, context60, context59,
 coco_object, coco_stuff, cityscapes, ade20k) read from --data_dir in its official
-layout; `all` (every benchmark found under --data_dir); or `embedded` (the run's
-generated validation scenes). The embedded world is scored as the field scores a
-model trained at 224 px (short side 448, 448/224 windows): short side and window
-twice the training size, stride the training size, so one window per image
+layout; `all` (every benchmark found under --data_dir); or a split of the run's
+generated scenes: `embedded` (validation, i.e. config.data.eval_split),
+`embedded_atypical` (validation_atypical: the same kind of scenes with every object
+in a contrasting colour that is not its class's typical one, so only shape tells
+the class), `embedded_tune` and `embedded_tune_atypical` (the tune splits, for
+choosing settings without either validation split). The embedded world is
+scored as the field scores a model trained at 224 px (short side 448, 448/224
+windows): short side and window twice the training size, stride the training
+size, so one window per image
 (--short_side, --crop and --stride override; the trainer's own evaluation stays at
 the native size). --unit=all scores pixel, group and adaptive from one
 forward pass per window. Benchmarks use the field protocol (short side 448,
@@ -60,6 +66,9 @@ class Job:
         return (("background",) if self.has_background else ()) + tuple(self.class_names)
 
 
+# --dataset keys of the embedded world -> split (None = config.data.eval_split).
+EMBEDDED_DATASETS = {"embedded": None, "embedded_atypical": "validation_atypical",
+                     "embedded_tune": "tune", "embedded_tune_atypical": "tune_atypical"}
 FIELD_TRAIN_SIZE = 224     # the field trains at 224 and scores with inference.ProtocolConfig()
 
 
@@ -76,7 +85,8 @@ def default_protocol(train_size: int | None = None) -> tuple[int, int, int]:
 def build_parser():
     p = cli_utils.Parser(prog="python -m mgca_jax.evaluate", description=__doc__.split("\n")[0])
     cli_utils.add_checkpoint_flags(p)
-    p.add_argument("--dataset", required=True, help="benchmark key, 'all' or 'embedded'")
+    p.add_argument("--dataset", required=True,
+                   help=f"benchmark key, 'all' or one of {', '.join(EMBEDDED_DATASETS)}")
     p.add_argument("--data_dir", help="benchmark root (or, for embedded, the tfds data dir)")
     p.add_argument("--unit", default="adaptive", choices=inference.UNITS + ("all",))
     p.add_argument("--out", help="JSON results path")
@@ -98,9 +108,9 @@ def benchmark_job(key: str, data_dir: str, limit: int | None) -> Job:
                lambda: benchmarks.iterate(key, data_dir, limit))
 
 
-def embedded_data_dir(config, data_dir: str | None) -> str:
+def embedded_data_dir(config, data_dir: str | None, key: str = "embedded") -> str:
     if config.data.name != checkpoints.EMBEDDED:
-        fail(f"--dataset=embedded: the run was trained on {config.data.name!r}, which has no "
+        fail(f"--dataset={key}: the run was trained on {config.data.name!r}, which has no "
              "embedded validation split; pick a benchmark")
     data_dir = data_dir or config.data_dir
     if not data_dir or not os.path.isdir(data_dir):
@@ -108,12 +118,14 @@ def embedded_data_dir(config, data_dir: str | None) -> str:
     return data_dir
 
 
-def embedded_job(config, data_dir: str, limit: int | None) -> Job:
+def embedded_job(config, data_dir: str, limit: int | None, key: str = "embedded") -> Job:
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
     from mgca_jax.data import scenes, scenes_builder
     builder = scenes_builder.build(data_dir, config.data.config_name)
-    split = config.data.eval_split
+    split = EMBEDDED_DATASETS[key] or config.data.eval_split
+    if split not in builder.info.splits:
+        fail(f"--dataset={key}: data set {builder.data_dir} has no split {split!r}")
     n = builder.info.splits[split].num_examples
     n = n if limit is None else min(n, limit)
 
@@ -124,7 +136,7 @@ def embedded_job(config, data_dir: str, limit: int | None) -> Job:
 
     names = (tuple(s.strip() for s in config.eval.class_names.split(","))
              if config.eval.class_names else tuple(scenes.CLASS_NAMES))
-    return Job("embedded", f"{builder.name}/{config.data.config_name} {split}", names, True, n,
+    return Job(key, f"{builder.name}/{config.data.config_name} {split}", names, True, n,
                samples, train_size=int(config.input.image_size))
 
 
@@ -291,13 +303,13 @@ def main(argv=None):
 
     # Check every data path before anything expensive.
     jobs, embedded_dir = [], None
-    if args.dataset == "embedded":
-        embedded_dir = embedded_data_dir(config, args.data_dir)
+    if args.dataset in EMBEDDED_DATASETS:
+        embedded_dir = embedded_data_dir(config, args.data_dir, args.dataset)
     else:
         keys = benchmarks.list_benchmarks() if args.dataset == "all" else [args.dataset]
         if args.dataset != "all" and args.dataset not in benchmarks.BENCHMARKS:
             fail(f"--dataset: unknown data set {args.dataset!r}; choose from "
-                 f"{benchmarks.list_benchmarks() + ['all', 'embedded']}")
+                 f"{benchmarks.list_benchmarks() + ['all', *EMBEDDED_DATASETS]}")
         if not args.data_dir:
             fail("--data_dir is required for benchmark data sets")
         for key in keys:
@@ -315,7 +327,7 @@ def main(argv=None):
     except checkpoints.CheckpointError as e:
         fail(e)
     if embedded_dir:
-        jobs.append(embedded_job(loaded.config, embedded_dir, args.limit))
+        jobs.append(embedded_job(loaded.config, embedded_dir, args.limit, args.dataset))
     print(f"checkpoint {loaded.path} (step {loaded.step}): {loaded.config.model.image_variant} / "
           f"{loaded.config.model.text_variant}", flush=True)
 

@@ -145,20 +145,43 @@ def eval_class_names(config):
     return None
 
 
+def eval_splits(config, builder):
+    """The splits the trainer scores: config.data.eval_split, then, for the embedded
+    world, its atypical-colour split (where only shape tells the class)."""
+    splits = [config.data.eval_split]
+    if config.data.name == input_pipeline.EMBEDDED:
+        from mgca_jax.data.scenes_builder import ATYPICAL_SPLIT
+        if ATYPICAL_SPLIT in builder.info.splits and ATYPICAL_SPLIT not in splits:
+            splits.append(ATYPICAL_SPLIT)
+    return splits
+
+
 def evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writer):
+    """Scores every split of `eval_splits`; returns config.data.eval_split's result
+    with all of them under "splits"."""
     class_names = eval_class_names(config)
-    batches = input_pipeline.as_numpy(input_pipeline.eval_dataset(config, builder, ctx))
-    grid = os.path.join(workdir, f"segmentation_step{step}.png")
-    res = zeroshot.evaluate(model, host_params(params), batches, tokenizer, class_names, config,
-                            grid_path=grid if jax.process_index() == 0 else None)
-    print(f"zero-shot segmentation, step {step} ({res['seconds']:.1f}s):\n{res['table']}", flush=True)
-    writer.write_scalars(step, {"eval/miou": res["miou"]})
-    writer.write_texts(step, {"eval/per_class_iou": res["table"].replace("\n", "  \n")})
+    params = host_params(params)
+    results = {}
+    for split in eval_splits(config, builder):
+        batches = input_pipeline.as_numpy(input_pipeline.eval_dataset(config, builder, ctx, split))
+        name = "" if split == config.data.eval_split else f"{split}_"
+        grid = os.path.join(workdir, f"segmentation_{name}step{step}.png")
+        res = zeroshot.evaluate(model, params, batches, tokenizer, class_names, config,
+                                grid_path=grid if jax.process_index() == 0 else None)
+        print(f"zero-shot segmentation, {split} split, step {step} ({res['seconds']:.1f}s):\n"
+              f"{res['table']}", flush=True)
+        results[split] = res
+    main = dict(results[config.data.eval_split], splits=results)
+    writer.write_scalars(step, {"eval/miou" if s == config.data.eval_split else f"eval/miou_{s}":
+                                r["miou"] for s, r in results.items()})
+    writer.write_texts(step, {"eval/per_class_iou": main["table"].replace("\n", "  \n")})
     if jax.process_index() == 0:
+        per_split = {s: {"miou": r["miou"], "iou": dict(zip(r["label_names"], map(float, r["iou"])))}
+                     for s, r in results.items()}
+        # Top-level miou/iou: config.data.eval_split's (what earlier readers expect).
         _write_json(os.path.join(workdir, f"eval_step{step}.json"),
-                    {"step": step, "miou": res["miou"],
-                     "iou": dict(zip(res["label_names"], map(float, res["iou"])))})
-    return res
+                    {"step": step, **per_split[config.data.eval_split], "splits": per_split})
+    return main
 
 
 def train_and_evaluate(config, workdir):

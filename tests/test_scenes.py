@@ -156,7 +156,7 @@ def tiny_builders(tmp_path_factory):
 def test_builder_tiny_splits(tiny_builders):
     builder, _ = tiny_builders
     assert builder.name == "mgca_scenes"
-    assert str(builder.version) == "1.1.0"
+    assert str(builder.version) == "1.2.0"
     assert builder.info.splits["train"].num_examples == 256
     assert builder.info.splits["validation"].num_examples == 64
     train = _read_split(builder, "train")

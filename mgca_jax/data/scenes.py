@@ -12,7 +12,11 @@ Object colour (one of `COLOURS`, slightly jittered) is a strong but imperfect
 cue, as in natural images (grass is usually green): each class has a typical
 colour (`TYPICAL_COLOUR`), used with probability `TYPICAL_COLOUR_PROB` when it
 contrasts with the background; otherwise any contrasting colour is drawn, so
-shape alone must decide about a third of the objects. Sizes range from tiny
+shape alone must decide about a third of the objects. `ColourPolicy` changes
+this per call (`COLOUR_POLICIES`): `no_colour_cue` (typical probability 0:
+colour says nothing about the class) and `atypical` (the standard scene's
+layout, every object recoloured with a contrasting colour that is not its
+class's typical one; the evaluation split that only shape can solve). Sizes range from tiny
 (~10 px across at 64x64) to large (~36 px); everything scales with
 `image_size`. Objects may overlap (later ones occlude earlier ones) but every
 object keeps most of its area visible. Backgrounds are one of: a smooth colour
@@ -35,11 +39,12 @@ Training (MGCA, CLIP-style) uses only `image` and `caption`. The per-pixel
 (`objects`, `named`, `background`, `template`, `diameters`, `colours`) are for
 zero-shot segmentation evaluation and tests only.
 
-Generation is pure numpy and deterministic: `make_example(seed, index, size)`
-depends only on its arguments (order-independent).
+Generation is pure numpy and deterministic: `make_example(seed, index, size,
+colours)` depends only on its arguments (order-independent).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -70,6 +75,40 @@ TYPICAL_COLOUR = {
     "ring": "purple", "cross": "cyan", "diamond": "pink", "crescent": "white",
 }
 TYPICAL_COLOUR_PROB = 0.7
+
+
+@dataclasses.dataclass(frozen=True)
+class ColourPolicy:
+    """How objects get their colours.
+
+    typical_prob: chance that an object takes its class's typical colour when
+      that contrasts with what lies under it (else a random contrasting colour).
+    atypical: after drawing the scene with `typical_prob`, recolour every object
+      with a contrasting colour that is not its class's typical one (same
+      background, layout, sizes and mask; see `generate_scene`).
+    """
+    typical_prob: float = TYPICAL_COLOUR_PROB
+    atypical: bool = False
+
+
+COLOUR_POLICIES = {
+    "standard": ColourPolicy(),
+    "no_colour_cue": ColourPolicy(typical_prob=0.0),
+    "atypical": ColourPolicy(atypical=True),
+}
+
+
+class NoAtypicalColouring(ValueError):
+    """Some object of the scene has no contrasting colour other than its typical one."""
+
+
+def colour_policy(colours: ColourPolicy | str) -> ColourPolicy:
+    if isinstance(colours, ColourPolicy):
+        return colours
+    if colours not in COLOUR_POLICIES:
+        raise ValueError(f"unknown colour policy {colours!r}; choose from {sorted(COLOUR_POLICIES)}")
+    return COLOUR_POLICIES[colours]
+
 _COLOUR_NAMES = tuple(COLOURS)
 _COLOUR_RGB = np.array([COLOURS[c] for c in _COLOUR_NAMES], np.float32)
 
@@ -441,36 +480,77 @@ def _grid(size):
     return g
 
 
-def _pick_colour(rng, region: np.ndarray, typical: int) -> int:
-    """Index of a colour that contrasts with the pixels of `region` ([h, w, 3]):
-    the class's `typical` one with probability TYPICAL_COLOUR_PROB if it
-    contrasts, else a random contrasting one."""
+def _contrast(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per palette colour: whether it contrasts with the pixels of `region`
+    ([h, w, 3]; every other pixel is sampled): at most 8 % of them within 80 of
+    it in RGB and 110 away on average. Also a badness score (lower contrasts more)."""
     px = region[::2, ::2].reshape(-1, 3)
     d = np.sqrt(((px[:, None, :] - _COLOUR_RGB[None, :, :]) ** 2).sum(-1))  # [N, C]
     close = (d < 80.0).mean(axis=0)
-    ok = np.flatnonzero((close <= 0.08) & (d.mean(axis=0) >= 110.0))
-    use_typical = rng.random() < TYPICAL_COLOUR_PROB
+    return (close <= 0.08) & (d.mean(axis=0) >= 110.0), close - 1e-3 * d.mean(axis=0)
+
+
+def _pick_colour(rng, region: np.ndarray, typical: int, typical_prob: float) -> int:
+    """Index of a colour that contrasts with `region`: the class's `typical` one
+    with probability `typical_prob` if it contrasts, else a random contrasting one
+    (the least bad colour when none contrasts)."""
+    ok_mask, badness = _contrast(region)
+    ok = np.flatnonzero(ok_mask)
+    use_typical = rng.random() < typical_prob
     if use_typical and typical in ok:
         return typical
     if ok.size:
         return int(rng.choice(ok))
-    return int(np.argmin(close - 1e-3 * d.mean(axis=0)))
+    return int(np.argmin(badness))
 
 
-def generate_scene(rng: np.random.Generator, image_size: int = 64) -> dict:
-    """Draws one captioned scene.
+def _pick_atypical(rng, regions, typical: int) -> int:
+    """A random colour other than `typical` that contrasts with every region."""
+    ok = np.logical_and.reduce([_contrast(r)[0] for r in regions])
+    ok[typical] = False
+    if not ok.any():
+        raise NoAtypicalColouring("no contrasting colour other than "
+                                  f"{_COLOUR_NAMES[typical]} for an object")
+    return int(rng.choice(np.flatnonzero(ok)))
+
+
+def _paint(rng, canvas, y0, x0, cov, ci):
+    """Blends palette colour `ci` (jittered, with fine noise) into `canvas` by coverage `cov`."""
+    h, w = cov.shape
+    region = canvas[y0:y0 + h, x0:x0 + w]
+    colour = _COLOUR_RGB[ci] + rng.uniform(-12, 12, size=3).astype(np.float32)
+    fill = colour + rng.normal(0, 3.0, size=(h, w, 1)).astype(np.float32)
+    alpha = cov[:, :, None]
+    canvas[y0:y0 + h, x0:x0 + w] = region * (1 - alpha) + fill * alpha
+
+
+def generate_scene(rng: np.random.Generator, image_size: int = 64,
+                   colours: ColourPolicy | str = "standard") -> dict:
+    """Draws one captioned scene with the `colours` policy (`COLOUR_POLICIES`).
 
     Returns a dict with `image` (uint8 [S, S, 3]), `mask` (uint8 [S, S], 0 =
     background, 1..8 = class of the visible top-most object), `caption` (str),
     `objects` (class names in draw order) and metadata: `named` (classes named
     in the caption), `background` (one of BACKGROUNDS), `template` (caption
-    form), `diameters` (px), `colours` (colour names), all in draw order.
+    form), `diameters` (px), `centres` ((x, y) px), `colours` (colour names),
+    all in draw order.
+
+    An atypical policy first draws the whole scene with its `typical_prob` (so
+    the rng stream, layout, sizes, mask and background are exactly those of the
+    non-atypical scene), then continues the same stream: it repaints the objects
+    in draw order onto the bare background, each with a random palette colour
+    other than its class's typical one that contrasts both with the bare
+    background and with the canvas under its bounding box, then draws a new
+    caption. Raises NoAtypicalColouring when an object has no such colour.
     """
+    policy = colour_policy(colours)
     size = int(image_size)
     scale = size / 64.0
     yy, xx = _grid(size)
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     canvas = _background(rng, background, size, yy, xx)
+    bare = canvas.copy() if policy.atypical else None
+    boxes = []  # (y0, x0, coverage) per instance
     inst_map = np.full((size, size), -1, np.int16)
     mask = np.zeros((size, size), np.uint8)
 
@@ -512,11 +592,10 @@ def generate_scene(rng: np.random.Generator, image_size: int = 64) -> dict:
                 overlaps[(k, len(instances))] = True
         # Colour contrasting with what is currently there (background + objects).
         region = canvas[y0:y0 + h, x0:x0 + w]
-        ci = _pick_colour(rng, region, _COLOUR_NAMES.index(TYPICAL_COLOUR[name]))
-        colour = _COLOUR_RGB[ci] + rng.uniform(-12, 12, size=3).astype(np.float32)
-        fill = colour + rng.normal(0, 3.0, size=(h, w, 1)).astype(np.float32)
-        alpha = cov[:, :, None]
-        canvas[y0:y0 + h, x0:x0 + w] = region * (1 - alpha) + fill * alpha
+        ci = _pick_colour(rng, region, _COLOUR_NAMES.index(TYPICAL_COLOUR[name]),
+                          policy.typical_prob)
+        _paint(rng, canvas, y0, x0, cov, ci)
+        boxes.append((y0, x0, cov))
         k = len(instances)
         for j in range(k):
             visible[j] -= int(lost[j])
@@ -528,6 +607,15 @@ def generate_scene(rng: np.random.Generator, image_size: int = 64) -> dict:
                               cx=float(cx), cy=float(cy), order=k))
 
     caption, named, form = _caption(rng, instances, background, size, overlaps)
+    if policy.atypical:
+        canvas = bare.copy()
+        for inst, (y0, x0, cov) in zip(instances, boxes):
+            h, w = cov.shape
+            ci = _pick_atypical(rng, (bare[y0:y0 + h, x0:x0 + w], canvas[y0:y0 + h, x0:x0 + w]),
+                                _COLOUR_NAMES.index(TYPICAL_COLOUR[inst["name"]]))
+            _paint(rng, canvas, y0, x0, cov, ci)
+            inst["colour"] = _COLOUR_NAMES[ci]
+        caption, named, form = _caption(rng, instances, background, size, overlaps)
     image = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
     return dict(
         image=image,
@@ -538,13 +626,15 @@ def generate_scene(rng: np.random.Generator, image_size: int = 64) -> dict:
         background=background,
         template=form,
         diameters=[i["diameter"] for i in instances],
+        centres=[(i["cx"], i["cy"]) for i in instances],
         colours=[i["colour"] for i in instances],
     )
 
 
-def make_example(seed: int, index: int, image_size: int = 64) -> dict:
-    """Deterministic scene number `index` of the stream with `seed`."""
-    return generate_scene(np.random.default_rng([int(seed), int(index)]), image_size)
+def make_example(seed: int, index: int, image_size: int = 64,
+                 colours: ColourPolicy | str = "standard") -> dict:
+    """Deterministic scene number `index` of the stream with `seed`, coloured by `colours`."""
+    return generate_scene(np.random.default_rng([int(seed), int(index)]), image_size, colours)
 
 
 def caption_class_words(caption: str) -> set:
