@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.3",
     "pillow==13.0.0",
     "scipy==1.17.1",                # connected components (evaluation/failure_modes.py)
+    "safetensors==0.8.0",           # exports (mgca_jax/export.py): parameters without pickle
 ]
 
 setup(
