@@ -19,6 +19,7 @@ TEMPLATES = protocol.get_templates("subset")          # CLIP's 7
 
 class HandModel(nn.Module):
     num_prompts: int
+    image_variant: str = "mu/2"          # read by inference.patch_grid: patch 2
 
     def setup(self):
         self.table = self.param("table", nn.initializers.zeros, (self.num_prompts + 4, 3))
@@ -143,3 +144,42 @@ def test_trivial_baselines_hand_case():
     assert res["majority_label_per_image"] == pytest.approx((3 / 6 + 4 / 6 + 0) / 3)
     # A -> 2 everywhere, B -> 1: bg I 0; class 1 I 4, U 6; class 2 I 2, U 3 + 5 - 2 = 6.
     assert res["majority_object_per_image"] == pytest.approx((0 + 4 / 6 + 2 / 6) / 3)
+
+
+def test_evaluate_embedded_job_matches_a_float64_rederivation(hand):
+    """`python -m mgca_jax.evaluate --dataset=embedded`'s scoring (evaluate_job with the
+    embedded world's label convention: 0 = background, class c = label c + 1) on 8x8
+    images scored as one 8x8 window by the pixel unit."""
+    import types
+
+    from mgca_jax import evaluate
+    model, params, tok, table = hand
+    params = {**params, "image_tower": {"pos_embedding": jnp.zeros((1, 16, 3))}}   # 4x4 grid
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(5, 8, 8, 3), dtype=np.uint8)
+    masks = rng.integers(0, 4, size=(5, 8, 8)).astype(np.uint8)
+    masks[:, -1, -2:] = 255
+    bg = 0.55
+    job = evaluate.Job("embedded", "hand scenes", CLASSES, True, 5,
+                       lambda: ((str(i), images[i], masks[i]) for i in range(5)), train_size=4)
+    loaded = types.SimpleNamespace(model=model, params=params, config=ml_collections.ConfigDict(
+        dict(eval=dict(bg_thresh=bg), input=dict(max_len=8))))
+    args = types.SimpleNamespace(bg_thresh=None, short_side=8, max_long=2048, crop=8, stride=8,
+                                 windows_per_device=1, bootstrap=0, png_rows=8)
+    record = evaluate.evaluate_job(job, loaded, tok, TEMPLATES, ("pixel",), args,
+                                   evaluate.inference.UnitConfig())
+
+    mean, std = np.array(protocol.IMAGENET_MEAN), np.array(protocol.IMAGENET_STD)
+    x = ((images - mean) / std).reshape(5, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+    scores = _norm(x) @ reference_class_embeddings(table).T
+    up = np.stack([_upsample_bilinear(s, 8, 8) for s in scores])
+    full = np.concatenate([np.full(up.shape[:-1] + (1,), bg), up], axis=-1)
+    top2 = np.sort(full, axis=-1)[..., -2:]
+    assert (top2[..., 1] - top2[..., 0]).min() > 1e-5
+    pred = full.argmax(-1)
+    assert 0.1 < (pred == 0).mean() < 0.9 and len(np.unique(pred)) == 4
+    iou = _iou_reference(pred, masks.astype(np.int64), 4)
+    assert record["label_names"] == ["background", *CLASSES] and record["bg_thresh"] == bg
+    got = record["units"]["pixel"]
+    np.testing.assert_allclose([got["iou"][n] for n in record["label_names"]], iou, atol=1e-12)
+    assert got["miou"] == pytest.approx(np.nanmean(iou), abs=1e-12)
