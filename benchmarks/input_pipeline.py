@@ -339,8 +339,11 @@ def main(argv):
         print(f"  {rate:.2f} images/s ({sec:.2f} s/step, median of {FLAGS.train_steps}; compile "
               f"{compile_s:.0f}s; loss {loss:.3f}); XLA cost analysis: {flops_img / 1e9:.1f} "
               f"GFLOP per image (forward + backward + update)")
-        print(f"  on this machine the input (pp_train, one core: {per_core:.0f} images/s) is "
-              f"{per_core / rate:.0f}x faster than the step: input keeps up")
+        ratio = per_core / rate
+        verdict = ("one core keeps up" if ratio >= 1 else
+                   f"one core does not keep up: {cores_needed(rate, per_core):.1f} cores needed")
+        print(f"  on this machine: input (pp_train, one core) {per_core:.0f} images/s, step "
+              f"{rate:.2f} images/s, ratio {ratio:.2f}: {verdict}")
     if flops_img is None or not np.isfinite(flops_img) or flops_img <= 0:
         flops_img = FLAGS.flops_per_image * 1e9
         print(f"\n(no step measured: assuming {FLAGS.flops_per_image:.1f} GFLOP per image)")

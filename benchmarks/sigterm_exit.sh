@@ -8,22 +8,40 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 busy=${1:-0} config=${2:-configs/demo.py}
 scratch=$(mktemp -d) log=$(mktemp)
+pid="" loops=()
+cleanup() {
+  for p in "${loops[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+# wait_for PATTERN SECONDS WHAT: stop with an error if the trainer dies or times out first.
+wait_for() {
+  local deadline=$(( $(date +%s) + $2 ))
+  until grep -q "$1" "$log"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      grep -q "$1" "$log" && return 0
+      echo "error: the trainer exited before $3 (log: $log)" >&2; tail -3 "$log" >&2; exit 1
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "error: no $3 within $2 s (log: $log)" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+}
 ./run.sh python -m mgca_jax.main --config="$config" --workdir="$scratch/wd" > "$log" 2>&1 &
 pid=$!
-until grep -q "^step 50/" "$log"; do
-  kill -0 $pid 2>/dev/null || { echo "error: the trainer exited before step 50, see $log" >&2; exit 1; }
-  sleep 0.5
-done
-loops=()
+wait_for "^step 50/" "${STEP50_TIMEOUT:-1800}" "step 50"
 for _ in $(seq 1 "$busy"); do python3 -c "while True: pass" & loops+=($!); done
 sleep 5
 t0=$(date +%s.%N)
 kill -TERM $pid
-until grep -q "SIGTERM: saved" "$log"; do sleep 0.1; done
+wait_for "SIGTERM: saved" "${SAVE_TIMEOUT:-300}" "saving its checkpoint after SIGTERM"
 t1=$(date +%s.%N)
 wait $pid && rc=0 || rc=$?
+pid=""
 t2=$(date +%s.%N)
-for p in "${loops[@]}"; do kill "$p"; done
 python3 -c "print(f'busy loops $busy: checkpoint line after {$t1 - $t0:.1f} s, exit (status $rc) after {$t2 - $t0:.1f} s')"
 grep "SIGTERM: saved" "$log"
-rm -rf "$scratch" "$log"
+rm -f "$log"
+[ "$rc" -eq 0 ] || { echo "error: the trainer exited with status $rc after SIGTERM" >&2; exit 1; }

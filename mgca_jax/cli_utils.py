@@ -59,14 +59,18 @@ def unit_config(args) -> inference.UnitConfig:
         fail(f"--{e}")
 
 
-def protocol_config(args, short_side: int, crop: int, stride: int) -> inference.ProtocolConfig:
-    """Flags override the given defaults."""
+def protocol_config(args, short_side: int, crop: int, stride: int,
+                    check_windows: bool = True) -> inference.ProtocolConfig:
+    """Flags override the given defaults (`check_windows`: stride <= crop)."""
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (0 is an error)
     cfg = inference.ProtocolConfig(
-        short_side=args.short_side or short_side, max_long=args.max_long,
-        crop=args.crop or crop, stride=args.stride or stride)
+        short_side=pick(args.short_side, short_side), max_long=args.max_long,
+        crop=pick(args.crop, crop), stride=pick(args.stride, stride))
     for name in ("short_side", "max_long", "crop", "stride"):
         if getattr(cfg, name) <= 0:
             fail(f"--{name}: expected a positive integer, got {getattr(cfg, name)}")
+    if check_windows and cfg.stride > cfg.crop:          # pixels between windows would get no score
+        fail(f"--stride: {cfg.stride} is larger than the window (--crop={cfg.crop})")
     if args.windows_per_device < 1:
         fail(f"--windows_per_device: expected a positive integer, got {args.windows_per_device}")
     return cfg

@@ -58,3 +58,58 @@ def check_config(config, num_devices: int) -> None:
         v = loss.get(field, 0.5)
         if not _is_number(v) or not 0 < v <= 1:
             raise ConfigError(f"config.loss.{field}: expected a fraction in (0, 1], got {v!r}")
+    check_shapes(config)
+    check_vocab(config, _explicit_tokenizer_size(config))
+
+
+def check_shapes(config) -> None:
+    """Sizes the model would otherwise accept silently (or fail on with a trace)."""
+    i = config.input
+    for field in ("image_size", "max_len", "object_max_len", "num_objects"):
+        if not isinstance(i[field], int) or isinstance(i[field], bool) or i[field] <= 0:
+            raise ConfigError(f"config.input.{field}: expected a positive integer, got {i[field]!r}")
+    # The text tower has max_len positions; object prompts go through the same tower.
+    if i.object_max_len > i.max_len:
+        raise ConfigError(f"config.input.object_max_len: {i.object_max_len} exceeds "
+                          f"config.input.max_len ({i.max_len}), the text tower's positions")
+    patch = vit.parse_variant(config.model.image_variant)["patch"]
+    if config.model.get("image_stem", "patch") == "conv" and patch & (patch - 1):
+        raise ConfigError(f"config.model.image_variant: the conv stem needs a power-of-two patch, "
+                          f"got {patch}")
+    # A patch stem drops the pixels past the last whole patch; the masks would not line up.
+    if i.image_size % patch:
+        raise ConfigError(f"config.input.image_size: {i.image_size} is not a multiple of the "
+                          f"patch size {patch} ({config.model.image_variant})")
+
+
+def _explicit_tokenizer_size(config):
+    """Pieces of config.input.tokenizer when it names an existing file, else None."""
+    path = config.input.tokenizer
+    if not path or not os.path.isfile(path):
+        return None
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=path).get_piece_size()
+
+
+def check_vocab(config, tokenizer_size=None) -> None:
+    """The embedding table must cover every token id, or ids past it embed as NaN.
+
+    `tokenizer_size`: the loaded tokenizer's pieces; None before it is known, when a
+    tokenizer trained on the fly has at most config.input.vocab_size pieces.
+    """
+    v = config.model.vocab_size
+    if not isinstance(v, int) or isinstance(v, bool) or (v <= 0 and v != -1):
+        raise ConfigError(f"config.model.vocab_size: expected -1 (the tokenizer's) or a positive "
+                          f"integer, got {v!r}")
+    if v == -1:
+        return
+    if tokenizer_size is not None:
+        need, what = tokenizer_size, f"the tokenizer's {tokenizer_size} pieces"
+    elif not config.input.tokenizer:
+        need = config.input.vocab_size
+        what = f"config.input.vocab_size ({need}), the size of the tokenizer trained for the run"
+    else:
+        return
+    if v < need:
+        raise ConfigError(f"config.model.vocab_size: {v} is smaller than {what}, so larger token "
+                          f"ids would embed as NaN; use -1 (the tokenizer's) or at least {need}")

@@ -289,7 +289,8 @@ def main(argv=None):
         fail(f"--bootstrap: expected a non-negative integer, got {args.bootstrap}")
     ucfg = cli_utils.unit_config(args)
     cli_utils.parse_bg_thresh(args.bg_thresh, None)              # validate flags before loading
-    cli_utils.protocol_config(args, *default_protocol())
+    # (stride <= crop is checked per data set: the embedded world has its own defaults)
+    cli_utils.protocol_config(args, *default_protocol(), check_windows=False)
     try:
         config_path, _, _ = checkpoints.resolve(args.workdir, args.checkpoint)
         config = checkpoints.load_config(config_path)

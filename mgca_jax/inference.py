@@ -52,6 +52,10 @@ class UnitConfig:
             raise ValueError(f"group_iters: expected a non-negative integer, got {self.group_iters!r}")
         if not self.group_temperature > 0:
             raise ValueError(f"group_temperature: expected > 0, got {self.group_temperature!r}")
+        for name, low in (("agreement_thresh", 0.0), ("coherence_thresh", -1.0), ("outlier_thresh", -1.0)):
+            value = getattr(self, name)
+            if not low <= value <= 1.0:            # also rejects NaN
+                raise ValueError(f"{name}: expected a value in [{low:g}, 1], got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

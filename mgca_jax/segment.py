@@ -66,6 +66,12 @@ def main(argv=None):
     if not 0.0 <= args.alpha <= 1.0:
         fail(f"--alpha: expected a value in [0, 1], got {args.alpha}")
     files = find_images(args.image)
+    from PIL import Image
+    for path in files:                     # unreadable files fail before anything is written
+        try:
+            Image.open(path).close()
+        except (OSError, ValueError) as e:
+            fail(f"--image: cannot read {path} ({type(e).__name__}: {e})")
     ucfg = cli_utils.unit_config(args)
     d = inference.ProtocolConfig()
     pcfg = cli_utils.protocol_config(args, d.short_side, d.crop, d.stride)

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from clu import metric_writers
 
 from mgca_jax import losses, sharding
-from mgca_jax.config_check import check_config
+from mgca_jax.config_check import check_config, check_vocab
 from mgca_jax.data import input_pipeline
 from mgca_jax.evaluation import zeroshot
 from mgca_jax.models.two_tower import make_model
@@ -130,6 +130,7 @@ def setup(config):
         os.makedirs(config.data_dir, exist_ok=True)
     builder = input_pipeline.get_builder(config)
     tokenizer = input_pipeline.get_tokenizer(config, builder)
+    check_vocab(config, tokenizer.vocab_size)   # before any step or checkpoint
     if config.model.vocab_size == -1:
         config.model.vocab_size = tokenizer.vocab_size
     return builder, tokenizer

@@ -97,3 +97,27 @@ def test_input_stage_rates_on_a_tiny_built_dataset(input_bench, tmp_path):
     config.input.shuffle_buffer = 8
     assert min(input_bench.measure_train_dataset(config, builder, ctx, seconds=0.05).values()) > 0
     assert input_bench.cores_needed(1000.0, 250.0) == pytest.approx(4.0)
+
+
+def test_sigterm_benchmark_stops_when_the_trainer_dies(tmp_path):
+    """benchmarks/sigterm_exit.sh stops with an error (not a wait loop) when the trainer
+    exits before step 50; here it cannot start (a missing config)."""
+    import subprocess
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "sigterm_exit.sh"), "0",
+                           str(tmp_path / "missing.py")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "error: the trainer exited before step 50" in proc.stderr, proc.stderr
+
+
+def test_inference_speed_takes_the_patch_from_the_variant():
+    import subprocess
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "inference_speed.py"),
+                           "--variant=mu/8", "--size=48", "--train_size=32", "--embed_dim=16",
+                           "--classes=3", "--images=1", "--windows_per_device=1", "--repeats=1",
+                           "--units=pixel"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mu/8 at 48x48 (6x6 = 36 patches)" in proc.stdout, proc.stdout
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("pixel ")]
+    assert len(rows) == 1 and float(rows[0][1]) > 0 and float(rows[0][3]) > 0, proc.stdout

@@ -130,3 +130,102 @@ def test_malformed_label_files(tmp_path):
     _one_line_error(lambda: list(B.iterate("ade20k", tmp_path)), lp)
     lp.write_bytes(b"not a png")
     _one_line_error(lambda: list(B.iterate("ade20k", tmp_path)), lp)
+
+
+# --------------------------------------------------------------------------- independent layouts
+# The official trees, written here from /work/shared/reference/eval-protocol.md (not with
+# B.make_fixture): (dataset folder, image dir, label dir, image suffix, label suffix,
+# split file or None, raw label values the files hold).
+LAYOUTS = {
+    "voc21": ("VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
+              "ImageSets/Segmentation/val.txt", list(range(21)) + [255]),
+    "context60": ("VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext", ".jpg", ".png",
+                  "ImageSets/SegmentationContext/val.txt", list(range(60))),
+    "coco_object": ("coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg",
+                    "_instanceTrainIds.png", None, list(range(171)) + [255]),
+    "coco_stuff": ("coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg",
+                   "_labelTrainIds.png", None, list(range(171)) + [255]),
+    "cityscapes": ("cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
+                   "_gtFine_labelTrainIds.png", None, list(range(19)) + [255]),
+    "ade20k": ("ade/ADEChallengeData2016", "images/validation", "annotations/validation", ".jpg",
+               ".png", None, list(range(151))),
+}
+LAYOUTS["voc20"], LAYOUTS["context59"] = LAYOUTS["voc21"], LAYOUTS["context60"]
+VAL_NAMES = {  # as the official files name them; split files list them out of sorted order
+    "voc21": ["2008_000073", "2007_000033", "2011_003271"],
+    "context60": ["2010_000108", "2008_000002", "2010_004994"],
+    "coco_object": ["000000000139", "000000000285", "000000581781"],
+    "cityscapes": ["frankfurt/frankfurt_000000_000294", "lindau/lindau_000001_000019",
+                   "munster/munster_000173_000019"],
+    "ade20k": ["ADE_val_00000001", "ADE_val_00000002", "ADE_val_00002000"],
+}
+VAL_NAMES["voc20"], VAL_NAMES["context59"] = VAL_NAMES["voc21"], VAL_NAMES["context60"]
+VAL_NAMES["coco_stuff"] = VAL_NAMES["coco_object"]
+# Files that must not be read: other splits, and the sibling label files of the same image.
+DISTRACTORS = {
+    "voc21": ["JPEGImages/2007_000032.jpg", "SegmentationClass/2007_000032.png"],
+    "context60": ["JPEGImages/2008_000008.jpg", "SegmentationClassContext/2008_000008.png"],
+    "coco_object": ["images/train2017/000000000009.jpg", "annotations/val2017/{}_labelTrainIds.png"],
+    "coco_stuff": ["images/train2017/000000000009.jpg", "annotations/val2017/{}_instanceTrainIds.png"],
+    "cityscapes": ["leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png",
+                   "gtFine/val/{}_gtFine_labelIds.png", "gtFine/val/{}_gtFine_color.png"],
+    "ade20k": ["images/training/ADE_train_00000001.jpg", "annotations/training/ADE_train_00000001.png"],
+}
+DISTRACTORS["voc20"], DISTRACTORS["context59"] = DISTRACTORS["voc21"], DISTRACTORS["context60"]
+
+
+def _write_png(path, array, palette=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(array)
+    if palette:                        # VOC ships its masks as palette PNGs
+        im = im.convert("P")
+        im.putpalette(np.random.default_rng(0).integers(0, 256, 768).astype(np.uint8).tolist())
+        im.frombytes(array.tobytes())
+    im.save(path, format="PNG")
+
+
+def _write_official_tree(key, root, h=24, w=32):
+    folder, img_dir, ann_dir, img_suffix, seg_suffix, split, values = LAYOUTS[key]
+    base = root / folder
+    rng = np.random.default_rng(7)
+    raw = {}
+    for i, name in enumerate(VAL_NAMES[key]):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ip = base / img_dir / (name + img_suffix)
+        ip.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(ip, format="JPEG" if img_suffix.endswith(".jpg") else "PNG")
+        label = rng.choice(values, size=(h, w)).astype(np.uint8)
+        label.reshape(-1)[: len(values)] = values          # every raw value occurs
+        _write_png(base / ann_dir / (name + seg_suffix), label, palette=key.startswith("voc"))
+        raw[name] = label
+    for rel in DISTRACTORS[key]:
+        p = base / rel.format(VAL_NAMES[key][0])
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.suffix == ".png" and "leftImg8bit" not in p.name:
+            _write_png(p, np.full((h, w), 3, np.uint8))     # a wrong label file: all 3
+        else:
+            Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(p, format="JPEG" if p.suffix == ".jpg" else "PNG")
+    if split:
+        (base / split).parent.mkdir(parents=True, exist_ok=True)
+        (base / split).write_text("\n".join(VAL_NAMES[key]) + "\n")
+        (base / split).with_name("train.txt").write_text(DISTRACTORS[key][0].split("/")[-1][:-4] + "\n")
+    return base, raw
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_reader_on_an_independently_written_tree(key, tmp_path):
+    base, raw = _write_official_tree(key, tmp_path)
+    folder, img_dir, _, img_suffix, _, split, _ = LAYOUTS[key]
+    want_names = VAL_NAMES[key] if split else sorted(VAL_NAMES[key])
+    assert B.count(key, tmp_path) == 3
+    items = list(B.iterate(key, tmp_path))
+    assert [n for n, _, _ in items] == want_names
+    spec = B.get_benchmark(key)
+    for name, img, lab in items:
+        with Image.open(base / img_dir / (name + img_suffix)) as im:
+            np.testing.assert_array_equal(img, np.asarray(im.convert("RGB")))
+        want = np.vectorize(lambda v: _rule(key, int(v)))(raw[name])
+        np.testing.assert_array_equal(lab, want)
+        assert set(np.unique(lab)) - {255} <= set(range(spec.num_classes))
+    # the dataset folder itself works as --data_dir too
+    assert B.count(key, base) == 3

@@ -140,6 +140,41 @@ def test_two_toned_texture_with_a_minority_look_stays_whole():
     assert aux["coarse"].all() and not aux["fine"].any()
 
 
+def test_coherence_threshold_decides_a_segment_that_agrees_but_varies():
+    # The minority-look texture above, each patch with a private component of norm 1.2 on
+    # one of 8 spare axes (signs alternate, so they cancel in the segment's sum). The
+    # segment still agrees 24/32 = 0.75 >= 0.6 with its label and no A patch is an
+    # outlier, but its patches look less alike: coherence 0.781 (derived below in
+    # float64). At the default 0.8 the segment is fine and the 8 A patches keep their own
+    # (wrong, sky) label; at 0.75 the same segment is coarse and they all take grass.
+    look_a = 0.5 * EYE[GRASS] + 1.3 * EYE[SKY] + EYE[3]
+    look_b = 1.5 * EYE[GRASS] + 0.3 * EYE[SKY] + EYE[3]
+    n = np.arange(32)
+    is_a = ((n // 8 + n % 8) % 4 == 0)
+    top = np.where(is_a[:, None], look_a, look_b) + 1.2 * np.where(n % 16 < 8, 1, -1)[:, None] * EYE[5 + n % 8]
+    f = _norm(_halves(top.reshape(4, 8, E))).astype(np.float32)
+    truth = np.repeat([GRASS, SKY], 4)[:, None] * np.ones((1, 8), int)
+    pixel = _labels("pixel", f)
+    assert (pixel != truth).sum() == 8 and (pixel[:4].reshape(-1)[is_a] == SKY).all()
+    # float64 reference: the segment's centroid, its coherence and the A patches' cosine
+    p = _norm(f[:4].reshape(32, E).astype(np.float64))
+    centre = _norm(p.sum(0))
+    coherence = float((p @ centre).mean())
+    assert 0.75 < coherence < 0.8 and coherence == pytest.approx(0.781, abs=1e-3)
+    assert (p[is_a] @ centre).min() > TWO.outlier_thresh      # the A patches are not outliers
+    aux = _aux(f)
+    top_seg = aux["segments"][0]
+    assert (aux["segments"][:32] == top_seg).all() and (aux["segments"][32:] != top_seg).all()
+    assert aux["agreement"][top_seg] == 0.75
+    assert aux["coherence"][top_seg] == pytest.approx(coherence, abs=1e-5)
+    assert not aux["coarse"][top_seg] and not aux["outlier"].any()
+    np.testing.assert_array_equal(_labels("adaptive", f), pixel)        # fine: patch by patch
+    loose = I.UnitConfig(num_groups=2, coherence_thresh=0.75)
+    coarse = np.asarray(unit_scores("adaptive", jnp.asarray(f.reshape(64, E)), CLASSES, loose)
+                        .argmax(-1)).reshape(8, 8)
+    np.testing.assert_array_equal(coarse, truth)                        # coarse: all grass
+
+
 def test_background_rule_counts_in_agreement():
     # With a threshold above every grass score (0.707), the grass segment and its pixels
     # are background; the cat patches (pixel label cat, segment label background) still
@@ -194,10 +229,10 @@ def whole_image_scores(model_and_params, bg):
 ONE_WINDOW = I.ProtocolConfig(short_side=64, crop=64, stride=32)   # 64x64 images: one window
 
 
-def _segmenter(model_and_params, devices, bg, pcfg=ONE_WINDOW):
+def _segmenter(model_and_params, devices, bg, pcfg=ONE_WINDOW, windows_per_device=1):
     model, params, class_emb = model_and_params
     return I.Segmenter(model, params, class_emb, units=I.UNITS, unit_config=UNIT_CFG, protocol_config=pcfg,
-                       bg_thresh=bg, devices=devices, windows_per_device=1)
+                       bg_thresh=bg, devices=devices, windows_per_device=windows_per_device)
 
 
 def test_pmap_equals_one_device_and_one_window_equals_whole_image(model_and_params, bg,
@@ -239,6 +274,21 @@ def test_many_windows_of_several_images_stitch_like_the_protocol(model_and_param
                                         short=80, crop=64, stride=32, batch_size=1)
             assert lg[u].shape == image.shape[:2] + (5,)
             np.testing.assert_allclose(lg[u], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_several_windows_per_device_match_one(model_and_params, bg):
+    # 3 images x 4 windows over 2 devices: with 3 windows per device a call holds 6 windows
+    # (device 0 gets windows 0-2, device 1 windows 3-5), so putting the results back in
+    # window order matters; with 1 per device it does not.
+    pcfg = I.ProtocolConfig(short_side=80, crop=64, stride=32)
+    devices = jax.local_devices()[:2]
+    images = _images(3)
+    one, one_lg = _segmenter(model_and_params, devices, bg, pcfg).segment(images, return_logits=True)
+    three, three_lg = _segmenter(model_and_params, devices, bg, pcfg, 3).segment(images, return_logits=True)
+    for i in range(len(images)):
+        np.testing.assert_allclose(three_lg[i], one_lg[i], rtol=1e-5, atol=1e-5)
+        assert (three[i] == one[i]).mean() > 0.999
+    assert not np.allclose(one_lg[0], one_lg[1], atol=1e-2)       # the images do differ
 
 
 def test_position_embedding_follows_the_grid(model_and_params):

@@ -190,3 +190,85 @@ def test_load_from_a_relative_workdir(workdir, monkeypatch):
     monkeypatch.chdir(os.path.dirname(str(workdir)))
     loaded = checkpoints.load(workdir=os.path.basename(str(workdir)))
     assert loaded.step == 0 and jax.tree.leaves(loaded.params)
+
+
+EVALUATE = ["--workdir={wd}", "--dataset=voc21", "--data_dir={voc}", "--out={tmp}/out.json"]
+SEGMENT = ["--checkpoint={wd}/checkpoints/0", "--image={tmp}/img.png", "--classes=a,b",
+           "--out_dir={tmp}/out"]
+# (module, arguments, flags of the base command to drop, text the one line must hold)
+BAD_FLAGS = [
+    ("evaluate", [], ["--dataset=voc21"], "--dataset"),
+    ("evaluate", ["--unit=region"], [], "--unit"),
+    ("evaluate", ["--limit=abc"], [], "--limit"),
+    ("evaluate", ["--limit=0"], [], "--limit"),
+    ("evaluate", ["--png={tmp}/u.png"], [], "--png"),
+    ("evaluate", ["--unit=all", "--png_rows=0"], [], "--png_rows"),
+    ("evaluate", ["--bootstrap=-1"], [], "--bootstrap"),
+    ("evaluate", ["--num_groups=0"], [], "--num_groups"),
+    ("evaluate", ["--agreement_thresh=1.5"], [], "--agreement_thresh"),
+    ("evaluate", ["--coherence_thresh=nan"], [], "--coherence_thresh"),
+    ("evaluate", ["--outlier_thresh=-2"], [], "--outlier_thresh"),
+    ("evaluate", ["--bg_thresh=abc"], [], "--bg_thresh"),
+    ("evaluate", ["--short_side=0"], [], "--short_side"),
+    ("evaluate", ["--max_long=-1"], [], "--max_long"),
+    ("evaluate", ["--crop=0"], [], "--crop"),
+    ("evaluate", ["--stride=0"], [], "--stride"),
+    ("evaluate", ["--windows_per_device=0"], [], "--windows_per_device"),
+    ("evaluate", ["--windows_per_device=abc"], [], "--windows_per_device"),
+    ("evaluate", ["--crop=32", "--stride=48"], [], "--stride: 48 is larger than the window"),
+    ("evaluate", ["--templates=bogus"], [], "--templates"),
+    ("evaluate", ["--dataset=voc"], ["--dataset=voc21"], "--dataset: unknown data set 'voc'"),
+    ("evaluate", [], ["--data_dir={voc}"], "--data_dir"),
+    ("evaluate", ["--dataset=all", "--data_dir={tmp}"], ["--dataset=voc21", "--data_dir={voc}"],
+     "--data_dir: no benchmark found"),
+    ("evaluate", ["--dataset=embedded", "--data_dir={tmp}/none"], ["--dataset=voc21", "--data_dir={voc}"],
+     "--data_dir: directory"),
+    ("evaluate", [], ["--workdir={wd}"], "--workdir"),
+    ("evaluate", ["--checkpoint={wd}/checkpoints/0"], [], "--workdir"),
+    ("evaluate", ["--workdir={tmp}"], ["--workdir={wd}"], "--workdir: expected a complete checkpoint"),
+    ("evaluate", ["--checkpoint={wd}"], ["--workdir={wd}"], "--checkpoint"),
+    ("evaluate", ["--tokenizer={tmp}/none.model"], [], "none.model"),
+    ("segment", [], ["--classes=a,b"], "--classes"),
+    ("segment", ["--classes="], ["--classes=a,b"], "--classes: no class names"),
+    ("segment", ["--classes= , "], ["--classes=a,b"], "--classes: no class names"),
+    ("segment", ["--classes=a,b,a"], ["--classes=a,b"], "--classes: duplicate"),
+    ("segment", ["--alpha=2"], [], "--alpha"),
+    ("segment", ["--alpha=abc"], [], "--alpha"),
+    ("segment", ["--image={tmp}/none.png"], ["--image={tmp}/img.png"], "--image"),
+    ("segment", ["--image={tmp}/empty"], ["--image={tmp}/img.png"], "--image: no image files"),
+    ("segment", ["--image={tmp}/broken.png"], ["--image={tmp}/img.png"], "--image: cannot read"),
+    ("segment", ["--unit=all"], [], "--unit"),
+    ("segment", ["--bg_thresh=abc"], [], "--bg_thresh"),
+    ("segment", ["--templates=bogus"], [], "--templates"),
+    ("segment", ["--num_groups=0"], [], "--num_groups"),
+    ("segment", ["--crop=32", "--stride=48"], [], "--stride"),
+    ("segment", ["--tokenizer={tmp}/none.model"], [], "none.model"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp / "img.png")
+    (tmp / "broken.png").write_bytes(b"not a png")
+    (tmp / "empty").mkdir()
+    return tmp
+
+
+@pytest.mark.parametrize("module,extra,drop,needle", BAD_FLAGS,
+                         ids=[f"{m}:{' '.join(e + ['-' + d for d in dr])}" for m, e, dr, _ in BAD_FLAGS])
+def test_every_bad_flag_is_one_line_exit_2(module, extra, drop, needle, workdir, voc_dir,
+                                           bad_input_dir, capsys):
+    import importlib
+    fill = dict(wd=workdir, voc=voc_dir, tmp=bad_input_dir)
+    base = EVALUATE if module == "evaluate" else SEGMENT
+    argv = [a.format(**fill) for a in base if a not in drop] + [a.format(**fill) for a in extra]
+    main = importlib.import_module(f"mgca_jax.{module}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert exit_info.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert needle.format(**fill) in lines[0], lines[0]
+    assert not (bad_input_dir / "out.json").exists() and not (bad_input_dir / "out").exists()

@@ -1,6 +1,7 @@
 """Trainer: sharded step == single device, save/stop/resume, main end to end, bad input."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,8 +26,19 @@ def data_dir(tmp_path_factory):
 def tiny_config(data_dir):
     c = tiny.get_config()
     c.data_dir = data_dir
-    c.model.vocab_size = 64
+    c.model.vocab_size = c.input.vocab_size     # covers the tokenizer trained for the run
     return c
+
+
+def assert_finite_and_equal(a, b):
+    """Trained state a == b leaf by leaf, every float leaf finite (NaN == NaN would pass)."""
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        x, y = np.asarray(x), np.asarray(y)
+        if np.issubdtype(x.dtype, np.floating):
+            assert np.isfinite(x).all() and np.isfinite(y).all()
+        np.testing.assert_array_equal(x, y)
 
 
 def random_batch(config, n, seed=0):
@@ -61,6 +73,8 @@ def test_sharded_step_matches_single_device(data_dir):
         results.append((float(loss), jax.tree.map(np.asarray, grads), {k: float(v) for k, v in terms.items()}))
     (l1, g1, t1), (l8, g8, t8) = results
     assert set(t1) == {"image_text", "object", "region", "pixel"}
+    assert np.isfinite(l1) and all(np.isfinite(v) for v in t1.values())
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(g1))
     assert l1 == pytest.approx(l8, rel=1e-5)
     for k in t1:
         assert t1[k] == pytest.approx(t8[k], rel=1e-5, abs=1e-6)
@@ -84,9 +98,11 @@ def test_fsdp_matches_replicated(data_dir):
             state, m1 = step_fn(state, batch, jax.random.key(0))
             state, m2 = step_fn(state, batch, jax.random.key(0))
         out.append((float(m1["loss"]), float(m2["loss"])))
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
         if mode == "fsdp":
             emb = state["params"]["text_tower"]["token_embedding"]["embedding"]
             assert emb.sharding.spec != jax.sharding.PartitionSpec()
+    assert np.isfinite(out).all()
     np.testing.assert_allclose(out[0], out[1], rtol=1e-5)
 
 
@@ -111,8 +127,11 @@ def test_save_stop_resume_is_identical(data_dir, tmp_path):
     train.train_and_evaluate(config.copy_and_resolve_references(), resumed)
     a, b = _restore(straight, 4), _restore(resumed, 4)
     assert int(a["step"]) == int(b["step"]) == 4
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert_finite_and_equal(a, b)
+    # Steps 3-4 changed the parameters, so the equality covers the resumed data order.
+    moved = [not np.array_equal(x, y) for x, y in
+             zip(jax.tree.leaves(_restore(resumed, 2)["params"]), jax.tree.leaves(b["params"]))]
+    assert sum(moved) > 0.9 * len(moved)
 
 
 def _run_until(config, workdir, stop_at):
@@ -149,8 +168,15 @@ def test_main_end_to_end_and_bad_input(data_dir, tmp_path):
     proc = run_main("--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data_dir={data_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "steps/s" in proc.stdout and "ETA" in proc.stdout and "mIoU" in proc.stdout
+    logged = [float(v) for v in re.findall(r"^step \d+/6  loss (\S+)", proc.stdout, re.M)]
+    assert len(logged) == 3 and np.isfinite(logged).all(), proc.stdout
     result = json.load(open(os.path.join(workdir, "eval_step6.json")))
-    assert 0.0 <= result["miou"] <= 1.0 and "circle" in result["iou"]
+    iou = result["iou"]
+    assert "circle" in iou and np.isfinite(list(iou.values())).all()
+    assert result["miou"] == pytest.approx(np.mean(list(iou.values())))
+    # 6 steps learn little: the model calls nearly everything background (IoU ~0.87 of 9
+    # labels). A NaN model puts the first class everywhere (argmax of NaN): mIoU < 0.02.
+    assert iou["background"] > 0.5 and result["miou"] > 0.05, result
     assert os.path.getsize(os.path.join(workdir, "segmentation_step6.png")) > 1000
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     ckpt = os.path.join(workdir, "checkpoints")
@@ -159,11 +185,12 @@ def test_main_end_to_end_and_bad_input(data_dir, tmp_path):
     cases = [("--config.data_dir=/nonexistent", "config.data_dir"),
              ("--config.model.image_variant=Q/16", "config.model.image_variant"),
              ("--config.batch_size=12", "config.batch_size"),
-             ("--config.lr=abc", "lr")]
+             ("--config.lr=abc", "lr"),
+             ("--config.model.vocab_size=64", "config.model.vocab_size: 64 is smaller than")]
     for flag, field in cases:
         extra = [] if "data_dir" in flag else [f"--config.data_dir={data_dir}"]
         proc = run_main("--config=configs/tiny.py", f"--workdir={workdir}", *extra, flag)
-        assert proc.returncode != 0, flag
+        assert proc.returncode == 2, (flag, proc.stderr[-2000:])
         lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
         assert len(lines) == 1 and field in lines[0], (flag, proc.stderr[-2000:])
     proc = run_main("--config=configs/tiny.py", "--workdir=gs://bucket/run", f"--config.data_dir={data_dir}")
@@ -176,7 +203,6 @@ def test_main_end_to_end_and_bad_input(data_dir, tmp_path):
 
 
 def test_kill_9_resumes_from_last_complete_checkpoint(data_dir, tmp_path):
-    import re
     import signal
     workdir = str(tmp_path / "killed")
     args = ["--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
@@ -199,3 +225,38 @@ def test_kill_9_resumes_from_last_complete_checkpoint(data_dir, tmp_path):
     assert match and int(match.group(1)) == complete[-1]
     assert f"steps {complete[-1]}->30" in resumed.stdout
     assert os.path.exists(os.path.join(workdir, "eval_step30.json"))
+
+
+def test_config_check_stops_silent_nan_and_shape_paths(data_dir, tmp_path):
+    """Each check is a ConfigError naming its field, raised before data or tokenizer work."""
+    from mgca_jax.config_check import ConfigError, check_config
+    from mgca_jax.data.tokenizer import Tokenizer, train_tokenizer
+
+    def fails(field, **changes):
+        c = tiny_config(data_dir)
+        for path, value in changes.items():
+            node, *_, key = path.split("__")
+            target = c if node == key else c[node]
+            target[key] = value
+        with pytest.raises(ConfigError, match=f"^config.{field}"):
+            check_config(c, 8)
+
+    check_config(tiny_config(data_dir), 8)                   # vocab 128 covers 128 pieces
+    fails("model.vocab_size: 127 is smaller than", model__vocab_size=127)
+    fails("model.vocab_size: expected", model__vocab_size=0)
+    fails("input.object_max_len: 17 exceeds", input__object_max_len=17)
+    fails("input.image_size: 36 is not a multiple of the patch size 8", input__image_size=36)
+    fails("model.image_variant: the conv stem", model__image_variant="mu/6",
+          model__image_stem="conv", input__image_size=36)
+    # An explicit tokenizer file: its own piece count decides, before anything is read.
+    spm = str(tmp_path / "spm.model")
+    train_tokenizer([f"a photo of {w} number {i}" for i in range(50) for w in ("cat", "dog")],
+                    spm, 40)
+    pieces = Tokenizer(spm).vocab_size
+    c = tiny_config(data_dir)
+    c.input.tokenizer = spm
+    c.model.vocab_size = pieces
+    check_config(c, 8)
+    c.model.vocab_size = pieces - 1
+    with pytest.raises(ConfigError, match=f"tokenizer's {pieces} pieces"):
+        check_config(c, 8)
