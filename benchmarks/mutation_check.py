@@ -63,7 +63,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "a resumed run reads the data from the start again"),
     M("ensemble_not_renormalised", "mgca_jax/evaluation/zeroshot.py",
       "    return l2_normalize(emb)\n", "    return emb\n",
-      ("tests/test_inference_cli.py", "tests/test_zeroshot.py"),
+      ("tests/test_inference_zeroshot.py",),
       "prompt-ensemble class embeddings are not renormalised"),
     # --- losses
     M("ce_weighted_mean_wrong", "mgca_jax/losses.py",
@@ -162,7 +162,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "                                  config.eval.bg_thresh))",
       "pred = np.asarray(predict(model, params, jnp.asarray(batch[\"image\"]), class_emb,\n"
       "                                  None))",
-      ("tests/test_zeroshot.py", "tests/test_train.py"),
+      ("tests/test_inference_zeroshot.py",),
       "trainer evaluation drops the background rule (labels shift by one)"),
     M("failure_speckle_threshold", "mgca_jax/evaluation/failure_modes.py",
       "<= self.speckle_frac * area", "< 0 * area",
