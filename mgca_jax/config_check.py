@@ -15,8 +15,17 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+DATA_SETS = ("mgca_scenes", "cc3m")  # what the input pipeline reads
+
+
 def check_config(config, num_devices: int) -> None:
     """Raises ConfigError before anything is read or written."""
+    if config.data.name not in DATA_SETS:
+        raise ConfigError(f"config.data.name: unknown data set {config.data.name!r}; "
+                          f"use one of {', '.join(DATA_SETS)}")
+    if "://" in str(config.data_dir):
+        raise ConfigError(f"config.data_dir: {config.data_dir} is a URL; only paths are "
+                          "supported, so mount it (e.g. with gcsfuse) at the same path on every host")
     if config.data_dir and not os.path.isdir(config.data_dir):
         raise ConfigError(f"config.data_dir: directory {config.data_dir} does not exist")
     for field, parse in (("image_variant", vit.parse_variant),
@@ -58,3 +67,22 @@ def check_config(config, num_devices: int) -> None:
         v = loss.get(field, 0.5)
         if not _is_number(v) or not 0 < v <= 1:
             raise ConfigError(f"config.loss.{field}: expected a fraction in (0, 1], got {v!r}")
+
+
+def config_warnings(config) -> list[str]:
+    """Values that run but are probably not meant (one line each)."""
+    out = []
+    if config.warmup_steps > config.total_steps:
+        out.append(f"config.warmup_steps: {config.warmup_steps} is more than config.total_steps "
+                   f"{config.total_steps}; the warm-up is cut to {config.total_steps - 1} steps, so the "
+                   "learning rate peaks at the last step")
+    try:
+        patch = vit.parse_variant(config.model.image_variant)["patch"]
+    except vit.UnknownVariantError:
+        return out
+    size = config.input.image_size
+    if size % patch:
+        out.append(f"config.input.image_size: {size} is not a multiple of the patch size {patch} "
+                   f"of {config.model.image_variant}; the last {size % patch} pixel rows and "
+                   "columns of every image are never seen")
+    return out
