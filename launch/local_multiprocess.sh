@@ -3,7 +3,8 @@
 #   launch/local_multiprocess.sh 2 --config=configs/tiny.py --workdir=workdirs/mp
 # Each process gets DEVICES host CPU devices (default 4); on a GPU box set CUDA_VISIBLE_DEVICES per rank instead.
 # Python: $PYTHON, else the project's .venv (made by ./run.sh), else python3 on PATH.
-# Rank i logs to ${LOG_PREFIX:-/tmp/mgca_rank}i.log; a failing rank's last line goes to stderr.
+# Rank i logs to ${LOG_PREFIX:-/tmp/mgca_rank}i.log; the first failing rank's last log line goes to
+# stderr, and the exit status is that rank's.
 set -euo pipefail
 n=${1:?usage: $0 NUM_PROCESSES FLAGS...}; shift
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,14 +21,18 @@ for ((i = 0; i < n; i++)); do
     "$py" -m mgca_jax.main "$@" > "$prefix$i.log" 2>&1 &
   pids+=($!)
 done
-status=0
+status=0 failed=0 first=""
 for i in "${!pids[@]}"; do
   rc=0
   wait "${pids[$i]}" || rc=$?
   if [ "$rc" -ne 0 ]; then
-    last=$(grep -v '^\s*$' "$prefix$i.log" | tail -n 1 || true)
-    echo "rank $i (exit $rc, log $prefix$i.log): ${last:-no output}" >&2
-    [ "$status" -ne 0 ] || status=$rc
+    failed=$((failed + 1))
+    if [ -z "$first" ]; then
+      status=$rc
+      first="rank $i exited $rc ($prefix$i.log): $(grep -v '^\s*$' "$prefix$i.log" | tail -n 1 || true)"
+    fi
   fi
 done
+# One line on stderr: the first failing rank's last log line.
+[ -z "$first" ] || echo "$first${failed:+ [$failed of $n ranks failed]}" >&2
 exit $status

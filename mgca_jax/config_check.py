@@ -26,6 +26,15 @@ def check_config(config, num_devices: int) -> None:
     if "://" in str(config.data_dir):
         raise ConfigError(f"config.data_dir: {config.data_dir} is a URL; only paths are "
                           "supported, so mount it (e.g. with gcsfuse) at the same path on every host")
+    tokenizer = config.input.get("tokenizer", "")
+    if tokenizer:
+        from mgca_jax.data.tokenizer import Tokenizer, TokenizerError
+        if not os.path.isfile(tokenizer):
+            raise ConfigError(f"config.input.tokenizer: file {tokenizer} does not exist")
+        try:
+            Tokenizer(tokenizer)
+        except TokenizerError as e:
+            raise ConfigError(f"config.input.tokenizer: {e}") from None
     if config.data_dir and not os.path.isdir(config.data_dir):
         raise ConfigError(f"config.data_dir: directory {config.data_dir} does not exist")
     for field, parse in (("image_variant", vit.parse_variant),

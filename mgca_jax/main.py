@@ -91,7 +91,7 @@ def main(argv):
     if "://" in _WORKDIR.value:
         fail(f"--workdir: {_WORKDIR.value} is a URL; only paths are supported, so mount it "
              "(e.g. with gcsfuse) at the same path on every host")
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # tfds and orbax warn about routine states
     maybe_initialize_distributed()
     import jax
     from mgca_jax import memory_check
