@@ -116,6 +116,5 @@ def smoke(c):
     c.model.dtype = "float32"
     c.model.attention_radius = ""
     c.loss.region_num, c.loss.pixel_anchors, c.loss.background_anchors = 4, 4, 4
-    c.loss.region_chunk, c.loss.pixel_chunk = 16, 256
     c.eval.batch_size, c.eval.num_examples = 32, 4
     return c

@@ -319,7 +319,6 @@ def test_every_readme_command_runs(tmp_path):
         where = f"README.md:{cmd.line}: {cmd.text}"
         if cmd.text == "./run.sh python -m pytest -q tests":
             assert cmd.text in ci, f"{where}: not what .ci/run runs"  # CI runs it: this very suite
-            checked += 1
             continue
         calls_before = log.read_text().count("\n") if log.exists() else 0
         before = sorted(os.listdir(root))
@@ -351,8 +350,8 @@ def test_every_readme_command_runs(tmp_path):
                 raise AssertionError(f"{where}: {e}") from None
         checked += bool(new_calls)
 
-    print(f"\nREADME: {len(commands)} commands, {ran} run ({checked} of them or the CI line checked "
-          f"through stubs), {sum(times.values()):.1f}s")
+    print(f"\nREADME: {len(commands)} commands: {ran} run ({checked} through the stubs, flags checked), "
+          f"{len(commands) - ran} checked against .ci/run; {sum(times.values()):.1f}s")
     for line, t in times.items():
         print(f"  README.md:{line}  {t:6.1f}s")
 
