@@ -828,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the train captions, one per line, to this file")
     args = parser.parse_args(argv)
     tfds.disable_progress_bar()
+    from absl import logging
+    logging.set_verbosity(logging.ERROR)  # tfds's warnings about routine states
 
     error = check_manual_dir(args.manual_dir)
     if error:

@@ -55,7 +55,7 @@ def get_builder(config):
     builder = cc3m_builder.Cc3m(config=config.data.config_name, data_dir=data_dir)
     if not builder.is_prepared():
         raise FileNotFoundError(
-            f"config.data_dir: no prepared 'cc3m/{config.data.config_name}' data set under "
+            f"config.data_dir: no prepared '{builder.name}/{builder.builder_config.name}' data set under "
             f"{data_dir} (build it first; see README 'Training on CC3M')")
     return builder
 
