@@ -380,3 +380,24 @@ def test_readme_parser_finds_prompts_and_continuations():
     text = "x\n\n    $ a --b\n    error: c ...\n\n```bash\n# note\nd \\\n    e\nf  # g\n```\n"
     got = [(c.line, c.text, c.expected) for c in readme_commands(text)]
     assert got == [(3, "a --b", ["error: c ..."]), (8, "d e", []), (10, "f  # g", [])]
+
+
+def test_run_sh_keeps_the_callers_directory(tmp_path):
+    """`./run.sh` must not cd: a relative path given to it means the caller's file."""
+    (tmp_path / "rel.txt").write_text("mine\n")
+    proc = subprocess.run([str(REPO / "run.sh"), "python", "-c",
+                           "import os; print(os.getcwd()); print(open('rel.txt').read().strip())"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [str(tmp_path), "mine"]
+
+
+def test_last_progress_line_printed_once(capsys):
+    """evaluate and segment force a final progress line; it must not repeat the last one."""
+    from mgca_jax.cli_utils import Progress
+    progress = Progress("voc21", 4, every=0.0)
+    progress.update(2)
+    progress.update(2)
+    progress.update(0, force=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(" images")[0] for ln in lines] == ["[voc21] 2/4", "[voc21] 4/4"]
