@@ -113,5 +113,6 @@ def main(argv):
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e).splitlines()[0])
 
+
 if __name__ == "__main__":
     app.run(main, flags_parser=parse_flags)
