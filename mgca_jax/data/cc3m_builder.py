@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
 
     error = check_manual_dir(args.manual_dir)
     if error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"error: --manual_dir: {error}", file=sys.stderr, flush=True)
         return 2
     overrides = {k: getattr(args, k) for k in SCAN_FIELDS if getattr(args, k) is not None}
     t0 = time.perf_counter()
