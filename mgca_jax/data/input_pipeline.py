@@ -99,7 +99,7 @@ def get_tokenizer(config, builder) -> Tokenizer:
             except TokenizerError as e:
                 raise ConfigError(f"config.input.vocab_size: {e}") from None
             pieces = Tokenizer(cache).vocab_size
-            print(f"tokenizer: {pieces} pieces" + pieces_note(pieces, config.input.vocab_size,
+            print(f"trained the tokenizer: {pieces} pieces" + pieces_note(pieces, config.input.vocab_size,
                                                               "config.input.vocab_size"), flush=True)
         return Tokenizer(cache)
     return process_0_first(load_or_train, "tokenizer")
