@@ -22,7 +22,7 @@ How the run finds its inputs:
 Where the values come from:
 - Towers: ViT-S/16 at 224x224 and a 12-layer, 256-wide text Transformer with
   77 tokens, 256-d joint space: GroupViT's from-scratch recipe on CC3M-scale
-  data (shared/reference/eval-protocol.md).
+  data (the public GroupViT configs, NVlabs/GroupViT).
 - Tokenizer: 16000 SentencePiece pieces trained on the CC3M training captions
   (the embedded world's 512 is far too small for web captions).
 - Optimiser: AdamW, lr 1.6e-3, weight decay 0.05, grad-clip 5.0, cosine decay
@@ -84,4 +84,4 @@ def get_config():
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.eval.every = 0                   # CC3M has no masks; evaluate with mgca_jax.evaluate
-    return c
+    return common.smoke(c)

@@ -1,4 +1,10 @@
-"""Fields shared by every config; each config file overrides what it changes."""
+"""Fields shared by every config; each config file overrides what it changes.
+
+MGCA_SMOKE=1 in the environment shrinks any config to a run of seconds (`smoke`):
+the README's commands run that way in CI (tests/test_readme.py).
+"""
+import os
+
 import ml_collections
 
 
@@ -92,4 +98,23 @@ def multi_grained_loss(c, image_text=1.0, object=1.0, region=1.0, pixel=1.0, bac
     """Switches on MGCA's full objective (weights per term)."""
     c.loss.weights = dict(image_text=image_text, object=object, region=region, pixel=pixel,
                           background=background)
+    return c
+
+
+def smoke(c):
+    """With MGCA_SMOKE=1: 32 px, micro towers, batch 16, 3 steps; the data set and objective
+    stay (the embedded data shrinks to its `tiny` config). Checks plumbing, means nothing."""
+    if os.environ.get("MGCA_SMOKE", "") in ("", "0"):
+        return c
+    if c.data.name == "mgca_scenes":
+        c.data.config_name = "tiny"
+    c.batch_size, c.total_steps, c.warmup_steps = 16, 3, 1
+    c.log_every, c.checkpoint_every = 1, 3
+    c.input.image_size, c.input.max_len, c.input.object_max_len = 32, 16, 8
+    c.input.shuffle_buffer = 64
+    c.model.image_variant, c.model.text_variant, c.model.embed_dim = "mu/8", "mu", 64
+    c.model.dtype = "float32"
+    c.model.attention_radius = ""
+    c.loss.region_num, c.loss.pixel_anchors, c.loss.background_anchors = 4, 4, 4
+    c.eval.batch_size, c.eval.num_examples = 32, 4
     return c

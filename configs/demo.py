@@ -23,4 +23,4 @@ def get_config():
     common.multi_grained_loss(c, image_text=1.0, object=1.0, region=1.0, pixel=0.3, background=0.3)
     c.loss.pixel_top_fraction = 0.1        # objects cover ~11 % of an image
     c.loss.background_fraction = 0.8
-    return c
+    return common.smoke(c)

@@ -28,4 +28,4 @@ def get_config():
     c.eval.num_examples = 4
     c.loss.region_num = 4
     c.loss.pixel_anchors = 4
-    return c
+    return common.smoke(c)

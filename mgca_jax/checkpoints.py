@@ -139,7 +139,12 @@ def tokenizer_path(config, override: str | None = None) -> str:
 
 def load_tokenizer(config, override: str | None = None):
     from mgca_jax.data.tokenizer import Tokenizer
-    tok = Tokenizer(tokenizer_path(config, override))
+    from mgca_jax.data.tokenizer import TokenizerError
+    path = tokenizer_path(config, override)
+    try:
+        tok = Tokenizer(path)
+    except TokenizerError as e:
+        raise CheckpointError(f"{'--tokenizer' if override else 'tokenizer'}: {e}") from None
     if tok.vocab_size != config.model.vocab_size:
         raise CheckpointError(f"tokenizer {tok.model_path} has {tok.vocab_size} pieces, the model "
                               f"was trained with {config.model.vocab_size}")
@@ -149,10 +154,10 @@ def load_tokenizer(config, override: str | None = None):
 def _dataset_dir(config) -> str:
     """Versioned directory of the training data set (where the tokenizer is cached)."""
     data_dir = config.data_dir or os.path.abspath("data")
-    import tensorflow_datasets as tfds
+    from mgca_jax.quiet import import_tensorflow
+    import_tensorflow()
     if config.data.name == EMBEDDED:
         from mgca_jax.data import scenes_builder
         return str(scenes_builder.MgcaScenes(config=config.data.config_name, data_dir=data_dir).data_dir)
-    if config.data.name == "cc3m":
-        from mgca_jax.data import cc3m_builder  # noqa: F401  (registers the builder)
-    return str(tfds.builder(config.data.name, data_dir=data_dir).data_dir)
+    from mgca_jax.data import cc3m_builder
+    return str(cc3m_builder.Cc3m(config=config.data.config_name, data_dir=data_dir).data_dir)

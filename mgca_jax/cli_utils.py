@@ -6,23 +6,10 @@ and exit status 2.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from mgca_jax import inference
-
-
-def fail(message: str):
-    print(f"error: {str(message).splitlines()[0] if str(message) else message}", file=sys.stderr,
-          flush=True)
-    sys.exit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error instead of usage + message."""
-
-    def error(self, message):
-        fail(message)
+from mgca_jax.cli_errors import Parser, fail  # noqa: F401  (the tools import them from here)
 
 
 def add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
@@ -99,6 +86,7 @@ class Progress:
         self.name, self.total, self.every = name, total, every
         self.start = self.last = time.time()
         self.done = 0
+        self.printed = None  # the count last printed
 
     @property
     def rate(self) -> float:
@@ -107,9 +95,9 @@ class Progress:
     def update(self, n: int, force: bool = False) -> None:
         self.done += n
         now = time.time()
-        if not force and now - self.last < self.every:
+        if (not force and now - self.last < self.every) or self.done == self.printed:
             return
-        self.last = now
+        self.last, self.printed = now, self.done
         total = f"/{self.total}" if self.total else ""
         eta = (f"  ETA {fmt_seconds((self.total - self.done) / max(self.rate, 1e-9))}"
                if self.total else "")

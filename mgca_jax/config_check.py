@@ -15,8 +15,26 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+DATA_SETS = ("mgca_scenes", "cc3m")  # what the input pipeline reads
+
+
 def check_config(config, num_devices: int) -> None:
     """Raises ConfigError before anything is read or written."""
+    if config.data.name not in DATA_SETS:
+        raise ConfigError(f"config.data.name: unknown data set {config.data.name!r}; "
+                          f"use one of {', '.join(DATA_SETS)}")
+    if "://" in str(config.data_dir):
+        raise ConfigError(f"config.data_dir: {config.data_dir} is a URL; only paths are "
+                          "supported, so mount it (e.g. with gcsfuse) at the same path on every host")
+    tokenizer = config.input.get("tokenizer", "")
+    if tokenizer:
+        from mgca_jax.data.tokenizer import Tokenizer, TokenizerError
+        if not os.path.isfile(tokenizer):
+            raise ConfigError(f"config.input.tokenizer: file {tokenizer} does not exist")
+        try:
+            Tokenizer(tokenizer)
+        except TokenizerError as e:
+            raise ConfigError(f"config.input.tokenizer: {e}") from None
     if config.data_dir and not os.path.isdir(config.data_dir):
         raise ConfigError(f"config.data_dir: directory {config.data_dir} does not exist")
     for field, parse in (("image_variant", vit.parse_variant),
@@ -113,3 +131,13 @@ def check_vocab(config, tokenizer_size=None) -> None:
     if v < need:
         raise ConfigError(f"config.model.vocab_size: {v} is smaller than {what}, so larger token "
                           f"ids would embed as NaN; use -1 (the tokenizer's) or at least {need}")
+
+
+def config_warnings(config) -> list[str]:
+    """Values that run but are probably not meant (one line each)."""
+    out = []
+    if config.warmup_steps > config.total_steps:
+        out.append(f"config.warmup_steps: {config.warmup_steps} is more than config.total_steps "
+                   f"{config.total_steps}; the warm-up is cut to {config.total_steps - 1} steps, so the "
+                   "learning rate peaks at the last step")
+    return out

@@ -119,7 +119,8 @@ def embedded_data_dir(config, data_dir: str | None, key: str = "embedded") -> st
 
 
 def embedded_job(config, data_dir: str, limit: int | None, key: str = "embedded") -> Job:
-    import tensorflow as tf
+    from mgca_jax.quiet import import_tensorflow
+    tf = import_tensorflow()
     tf.config.set_visible_devices([], "GPU")
     from mgca_jax.data import scenes, scenes_builder
     builder = scenes_builder.build(data_dir, config.data.config_name)

@@ -63,7 +63,6 @@ CLI:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -78,7 +77,16 @@ import warnings
 import zlib
 from typing import Any, Iterable, Iterator
 
-import tensorflow_datasets as tfds
+if __name__ == "__main__":
+    # Run as `python -m`, this file is the module `__main__`, where tfds cannot place the
+    # builder class in a package. Delegate to the importable module instead.
+    from mgca_jax.data.cc3m_builder import main as _main
+    sys.exit(_main())
+
+from mgca_jax.quiet import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # without TensorFlow's C++ start-up lines
+import tensorflow_datasets as tfds  # noqa: E402
 
 # ---------------------------------------------------------------- reasons
 
@@ -553,19 +561,20 @@ def check_manual_dir(manual_dir: str | os.PathLike) -> str | None:
 
 _MANUAL = """\
 Download CC3M with img2dataset (https://github.com/rom1504/img2dataset) into
-webdataset shards. From the Google "Train_GCC-training.tsv" (and optionally
-"Validation_GCC-1.1.0-Validation.tsv") add a header line "caption\\turl", then:
+webdataset shards. "Train_GCC-training.tsv" has no header; add one, then:
 
-  img2dataset --url_list Train_GCC-training.tsv --input_format tsv \\
+  { printf 'caption\\turl\\n'; cat Train_GCC-training.tsv; } > cc3m_train.tsv
+  img2dataset --url_list cc3m_train.tsv --input_format tsv \\
       --url_col url --caption_col caption --output_format webdataset \\
       --output_folder cc3m_shards --processes_count 16 --thread_count 64 \\
-      --image_size 512 --resize_mode keep_ratio_largest --resize_only_if_bigger True \\
-      --enable_wandb False
-  cd cc3m_shards && for f in 0*.tar; do mv "$f" "gcc-train-$f"; done
+      --image_size 512 --resize_mode keep_ratio --resize_only_if_bigger True
+  cd cc3m_shards && for f in [0-9]*.tar; do mv "$f" "gcc-train-$f"; done
 
-(for validation, run it again into another folder and rename to gcc-val-*.tar).
-The folder must hold gcc-train-000000.tar ... (each sample KEY.jpg + KEY.txt +
-KEY.json) and optionally gcc-val-*.tar. Point tfds at it as the manual dir:
+`keep_ratio` caps the short side at 512, as the builder's default does.
+For validation, download "Validation_GCC-1.1.0-Validation.tsv" the same way into
+another folder, rename its tars gcc-val-*.tar and move them into the same folder
+as the train tars. The folder (the manual dir) must hold gcc-train-*.tar (each
+sample KEY.jpg + KEY.txt + KEY.json) and optionally gcc-val-*.tar:
 
   python -m mgca_jax.data.cc3m_builder --manual_dir=/path/cc3m_shards --data_dir=/path/tfds
 
@@ -594,6 +603,12 @@ class Cc3m(tfds.core.GeneratorBasedBuilder):
         self._generators: list = []
         self._manual_dir_used: str | None = None
         super().__init__(**kwargs)
+
+    def _log_download_bytes(self) -> None:  # tfds's "Downloading ... Unknown size": nothing is
+        print(f"building {self.name}/{self.builder_config.name} into {self.data_dir}", flush=True)
+
+    def _log_download_done(self) -> None:  # the report below says it
+        pass
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -793,7 +808,8 @@ def dump_captions(data_dir: str | os.PathLike, out_path: str | os.PathLike,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from mgca_jax.cli_errors import Parser
+    parser = Parser(
         prog="python -m mgca_jax.data.cc3m_builder",
         description="Build the cc3m TFDS data set from img2dataset webdataset shards.")
     parser.add_argument("--manual_dir", required=True,
@@ -811,10 +827,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--captions_out", default=None,
                         help="also write the train captions, one per line, to this file")
     args = parser.parse_args(argv)
+    tfds.disable_progress_bar()
+    from absl import logging
+    logging.set_verbosity(logging.ERROR)  # tfds's warnings about routine states
 
     error = check_manual_dir(args.manual_dir)
     if error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"error: --manual_dir: {error}", file=sys.stderr, flush=True)
         return 2
     overrides = {k: getattr(args, k) for k in SCAN_FIELDS if getattr(args, k) is not None}
     t0 = time.perf_counter()

@@ -12,9 +12,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mgca_jax.config_check import ConfigError
 from mgca_jax.data import ops
 from mgca_jax.data.lexicon import DEFAULT_LEXICON, Lexicon, get_extractor
-from mgca_jax.data.tokenizer import Tokenizer, train_tokenizer
+from mgca_jax.data.tokenizer import Tokenizer, TokenizerError, pieces_note, train_tokenizer
 
 EMBEDDED = "mgca_scenes"
 
@@ -39,16 +40,23 @@ def get_builder(config):
     data_dir = config.data_dir
     if config.data.name == EMBEDDED:
         from mgca_jax.data import scenes_builder
+        if config.data.config_name not in scenes_builder.MgcaScenes.builder_configs:
+            raise ConfigError(f"config.data.config_name: {EMBEDDED} has no config "
+                              f"{config.data.config_name!r}; use one of "
+                              f"{', '.join(scenes_builder.MgcaScenes.builder_configs)}")
         # Deterministic: a host that does not share data_dir generates the same scenes itself.
         return process_0_first(lambda: scenes_builder.build(data_dir, config.data.config_name),
                                "embedded data set")
-    if config.data.name == "cc3m":
-        from mgca_jax.data import cc3m_builder  # noqa: F401  (registers the builder)
-    builder = tfds.builder(config.data.name, data_dir=data_dir)
+    from mgca_jax.data import cc3m_builder
+    if config.data.config_name not in cc3m_builder.Cc3m.builder_configs:
+        raise ConfigError(f"config.data.config_name: cc3m has no config "
+                          f"{config.data.config_name!r}; use one of "
+                          f"{', '.join(cc3m_builder.Cc3m.builder_configs)}")
+    builder = cc3m_builder.Cc3m(config=config.data.config_name, data_dir=data_dir)
     if not builder.is_prepared():
         raise FileNotFoundError(
-            f"config.data_dir: no prepared '{config.data.name}' data set under {data_dir} "
-            "(build it first; see README 'Training on CC3M')")
+            f"config.data_dir: no prepared '{builder.name}/{builder.builder_config.name}' data set under "
+            f"{data_dir} (build it first; see README 'Training on CC3M')")
     return builder
 
 
@@ -71,7 +79,10 @@ def get_tokenizer(config, builder) -> Tokenizer:
     if path:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config.input.tokenizer: file {path} does not exist")
-        return Tokenizer(path)
+        try:
+            return Tokenizer(path)
+        except TokenizerError as e:
+            raise ConfigError(f"config.input.tokenizer: {e}") from None
     import jax
     cache = os.path.join(builder.data_dir, f"spm_{config.input.vocab_size}.model")
 
@@ -83,7 +94,13 @@ def get_tokenizer(config, builder) -> Tokenizer:
                     "which process 0 trained; put config.data_dir on a file system every host "
                     "shares, or set config.input.tokenizer to a model every host can read")
             print(f"training tokenizer on {builder.name} captions -> {cache}", flush=True)
-            train_tokenizer(_captions(builder), cache, config.input.vocab_size)
+            try:
+                train_tokenizer(_captions(builder), cache, config.input.vocab_size)
+            except TokenizerError as e:
+                raise ConfigError(f"config.input.vocab_size: {e}") from None
+            pieces = Tokenizer(cache).vocab_size
+            print(f"trained the tokenizer: {pieces} pieces" + pieces_note(pieces, config.input.vocab_size,
+                                                              "config.input.vocab_size"), flush=True)
         return Tokenizer(cache)
     return process_0_first(load_or_train, "tokenizer")
 

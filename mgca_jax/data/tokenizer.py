@@ -8,6 +8,7 @@ Train on a caption file (one caption per line):
 """
 import io
 import os
+import re
 import sys
 import tempfile
 from typing import Iterable
@@ -15,21 +16,47 @@ from typing import Iterable
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be trained or loaded (one-line message)."""
+
+
 def train_tokenizer(captions: Iterable[str], output: str, vocab_size: int) -> str:
-    """Trains a unigram SentencePiece model and writes it atomically to `output`."""
+    """Trains a unigram SentencePiece model and writes it atomically to `output`.
+
+    `vocab_size` is a cap: captions with few distinct words give fewer pieces
+    (`Tokenizer(output).vocab_size` says how many).
+    """
     import sentencepiece as spm
+    captions = [c for c in captions if c.strip()]
+    if not captions:
+        raise TokenizerError("no captions to train on")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size,
-        model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
-        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, normalization_rule_name="nmt_nfkc_cf",
-        minloglevel=2, num_threads=os.cpu_count() or 1)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size,
+            model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
+            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, normalization_rule_name="nmt_nfkc_cf",
+            minloglevel=2, num_threads=os.cpu_count() or 1)
+    except RuntimeError as e:
+        need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+        if need:
+            raise TokenizerError(
+                f"vocab size {vocab_size} is too small: these captions need at least "
+                f"{need.group(1)} pieces (their characters and the 4 special ids)") from None
+        raise TokenizerError(f"sentencepiece: {str(e).splitlines()[0]}") from None
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out_dir, delete=False, suffix=".tmp") as f:
         f.write(model.getvalue())
     os.replace(f.name, output)
     return output
+
+
+def pieces_note(pieces: int, vocab_size: int, what: str) -> str:
+    """Says so when the captions gave fewer pieces than asked for."""
+    if pieces >= vocab_size:
+        return ""
+    return f" (fewer than {what}={vocab_size}: these captions support no more)"
 
 
 class Tokenizer:
@@ -41,7 +68,10 @@ class Tokenizer:
         with open(model_path, "rb") as f:
             self.model_bytes = f.read()
         import sentencepiece as spm
-        self._sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
+        except RuntimeError:
+            raise TokenizerError(f"{model_path} is not a SentencePiece model") from None
         self.model_path = model_path
         self._tf = None
 
@@ -77,18 +107,31 @@ class Tokenizer:
 
 
 def main(argv):
-    import argparse
-    parser = argparse.ArgumentParser(description="Train a SentencePiece tokenizer on captions.")
+    from mgca_jax.cli_errors import Parser, fail
+    parser = Parser(prog="python -m mgca_jax.data.tokenizer",
+                    description="Train a SentencePiece tokenizer on captions.")
     parser.add_argument("--input", required=True, help="text file, one caption per line")
     parser.add_argument("--output", required=True, help="where to write the .model file")
-    parser.add_argument("--vocab_size", type=int, default=16000)
+    parser.add_argument("--vocab_size", type=int, default=16000,
+                        help="the most pieces; few distinct captions give fewer")
     args = parser.parse_args(argv)
+    if args.vocab_size < 1:
+        fail(f"--vocab_size: expected a positive integer, got {args.vocab_size}")
     if not os.path.isfile(args.input):
-        sys.exit(f"error: --input {args.input} does not exist")
-    with open(args.input, encoding="utf-8") as f:
+        fail(f"--input: file {args.input} does not exist")
+    with open(args.input, encoding="utf-8", errors="replace") as f:
         captions = [line.strip() for line in f if line.strip()]
-    train_tokenizer(captions, args.output, args.vocab_size)
-    print(f"wrote {args.output} ({Tokenizer(args.output).vocab_size} pieces from {len(captions)} captions)")
+    if not captions:
+        fail(f"--input: {args.input} holds no captions")
+    if os.path.isdir(args.output):
+        fail(f"--output: {args.output} is a directory; give a file name such as spm.model")
+    try:
+        train_tokenizer(captions, args.output, args.vocab_size)
+    except TokenizerError as e:
+        fail(f"--vocab_size: {e}" if "vocab size" in str(e) else e)
+    pieces = Tokenizer(args.output).vocab_size
+    print(f"wrote {args.output}: {pieces} pieces from {len(captions)} captions"
+          + pieces_note(pieces, args.vocab_size, "--vocab_size"))
 
 
 if __name__ == "__main__":

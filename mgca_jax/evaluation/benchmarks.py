@@ -3,8 +3,8 @@
 Each benchmark is described by data (a :class:`Benchmark` spec): where its
 images and labels live under the data root, which split file lists the
 images, its class names and how raw label values map to evaluation labels.
-Layouts, mappings and names follow ``/work/shared/reference/eval-protocol.md``
-and mmsegmentation 0.x:
+Layouts, mappings and names follow mmsegmentation 0.x's dataset classes, as
+TCL's public configs (kakaobrain/tcl) use them:
 
 * voc21 / voc20: ``VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png}``,
   split ``ImageSets/Segmentation/val.txt``; bg + 20 (identity) / 20 (reduce_zero_label).

@@ -1,6 +1,6 @@
 """Segmentation metrics computed the mmsegmentation way (numpy only).
 
-Protocol (see ``/work/shared/reference/eval-protocol.md``):
+Protocol (mmsegmentation 0.x's, as GroupViT and TCL use it):
 
 * pixels whose ground truth equals ``ignore_index`` (255) are dropped, both
   from the ground-truth and from the prediction side;

@@ -1,7 +1,7 @@
 """The zero-shot segmentation inference protocol of the field, model-agnostic.
 
-Facts matched (``/work/shared/reference/eval-protocol.md``; mmsegmentation 0.x
-as configured by GroupViT / TCL):
+Facts matched (mmsegmentation 0.x as configured by the public GroupViT and TCL
+configs, NVlabs/GroupViT and kakaobrain/tcl):
 
 1. resize keeping the aspect ratio with mmseg ``img_scale=(2048, 448)``,
    ``keep_ratio=True``: ``s = min(2048 / long_side, 448 / short_side)``, new
