@@ -123,6 +123,36 @@ def load(workdir: str | None = None, checkpoint: str | None = None) -> Loaded:
     return Loaded(config, model, restore_params(step_dir, model, config), step, step_dir)
 
 
+def load_for_tools(workdir=None, checkpoint=None, export=None, tokenizer=None):
+    """(Loaded, tokenizer) from exactly one of --workdir, --checkpoint and --export; an
+    export brings its own tokenizer. Raises CheckpointError (one line)."""
+    if sum(map(bool, (workdir, checkpoint, export))) != 1:
+        raise CheckpointError("pass exactly one of --workdir=DIR, --checkpoint=DIR/checkpoints/STEP "
+                              "and --export=EXPORT_DIR")
+    if not export:
+        loaded = load(workdir, checkpoint)
+        return loaded, load_tokenizer(loaded.config, tokenizer)
+    if tokenizer:
+        raise CheckpointError("--tokenizer: an export carries its own tokenizer.model; drop the flag")
+    from mgca_jax import api
+    try:
+        m = api.load(export)
+    except api.ExportError as e:
+        raise CheckpointError(f"--export: {e}") from None
+    config = ml_collections.ConfigDict(m.meta["provenance"]["train_config"])
+    return Loaded(config, m.module, m.params, int(m.meta["provenance"]["step"]), export), m.tokenizer
+
+
+def export_config(export: str) -> ml_collections.ConfigDict:
+    """The training config inside an export (checksums and format checked)."""
+    from mgca_jax import api
+    try:
+        api.verify(export)
+        return ml_collections.ConfigDict(api.read_config(export)["provenance"]["train_config"])
+    except api.ExportError as e:
+        raise CheckpointError(f"--export: {e}") from None
+
+
 def tokenizer_path(config, override: str | None = None) -> str:
     """--tokenizer, else config.input.tokenizer, else the input pipeline's cached model."""
     if override:

@@ -15,6 +15,7 @@ from mgca_jax.cli_errors import Parser, fail  # noqa: F401  (the tools import th
 def add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="training directory (config.json + checkpoints/); latest step")
     p.add_argument("--checkpoint", help="one step: WORKDIR/checkpoints/STEP")
+    p.add_argument("--export", help="an export directory (python -m mgca_jax.export)")
     p.add_argument("--tokenizer", help="SentencePiece model (default: the run's)")
     p.add_argument("--templates", help="prompt template set (default: config.eval.templates)")
 

@@ -292,9 +292,14 @@ def main(argv=None):
     cli_utils.parse_bg_thresh(args.bg_thresh, None)              # validate flags before loading
     # (stride <= crop is checked per data set: the embedded world has its own defaults)
     cli_utils.protocol_config(args, *default_protocol(), check_windows=False)
+    if args.export and not args.out:
+        fail("--out: required with --export (the export directory is never written to)")
     try:
-        config_path, _, _ = checkpoints.resolve(args.workdir, args.checkpoint)
-        config = checkpoints.load_config(config_path)
+        if args.export and not (args.workdir or args.checkpoint):
+            config_path, config = None, checkpoints.export_config(args.export)
+        else:
+            config_path, _, _ = checkpoints.resolve(args.workdir, args.checkpoint)
+            config = checkpoints.load_config(config_path)
     except checkpoints.CheckpointError as e:
         fail(e)
     from mgca_jax.evaluation import protocol
@@ -324,8 +329,8 @@ def main(argv=None):
         if not jobs:
             fail(f"--data_dir: no benchmark found under {args.data_dir}")
     try:
-        loaded = checkpoints.load(args.workdir, args.checkpoint)
-        tokenizer = checkpoints.load_tokenizer(loaded.config, args.tokenizer)
+        loaded, tokenizer = checkpoints.load_for_tools(args.workdir, args.checkpoint, args.export,
+                                                       args.tokenizer)
     except checkpoints.CheckpointError as e:
         fail(e)
     if embedded_dir:
@@ -340,7 +345,7 @@ def main(argv=None):
     if len(records) > 1 or len(units) > 1:
         print(summary(records, units), flush=True)
 
-    out = args.out or os.path.join(os.path.dirname(config_path),
+    out = args.out or os.path.join(os.path.dirname(config_path),  # (--export requires --out)
                                    f"inference_{args.dataset}_step{loaded.step}.json")
     result = {"checkpoint": loaded.path, "step": loaded.step, "templates": args.templates
               or loaded.config.eval.templates, "unit_config": dataclasses.asdict(ucfg),

@@ -22,6 +22,7 @@ from pathlib import Path  # noqa: E402
 
 from mgca_jax import checkpoints, cli_utils, inference  # noqa: E402
 from mgca_jax.cli_utils import fail  # noqa: E402
+from mgca_jax.evaluate import default_protocol  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -73,14 +74,15 @@ def main(argv=None):
         except (OSError, ValueError) as e:
             fail(f"--image: cannot read {path} ({type(e).__name__}: {e})")
     ucfg = cli_utils.unit_config(args)
-    d = inference.ProtocolConfig()
-    pcfg = cli_utils.protocol_config(args, d.short_side, d.crop, d.stride)
     bg = cli_utils.parse_bg_thresh(args.bg_thresh, None)
+    cli_utils.protocol_config(args, *default_protocol(), check_windows=False)   # flags alone
     try:
-        loaded = checkpoints.load(args.workdir, args.checkpoint)
-        tokenizer = checkpoints.load_tokenizer(loaded.config, args.tokenizer)
+        loaded, tokenizer = checkpoints.load_for_tools(args.workdir, args.checkpoint, args.export,
+                                                       args.tokenizer)
     except checkpoints.CheckpointError as e:
         fail(e)
+    # Defaults follow the training size (the field's 448/448/224 for a model trained at 224).
+    pcfg = cli_utils.protocol_config(args, *default_protocol(loaded.config.input.image_size))
     from mgca_jax.evaluation import benchmarks, protocol, visualize, zeroshot
     try:
         templates = protocol.get_templates(args.templates or loaded.config.eval.templates)

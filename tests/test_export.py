@@ -27,6 +27,8 @@ from mgca_jax.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from mgca_jax.evaluation import protocol, zeroshot  # noqa: E402
 from mgca_jax.models.two_tower import make_model, random_params  # noqa: E402
 
+from test_inference_cli import FAST, voc_dir  # noqa: E402,F401  (a VOC-layout fixture)
+
 CLASSES = ["circle", "square", "triangle"]
 
 
@@ -300,3 +302,27 @@ def test_overwrite_replaces_atomically(workdir, tmp_path):
     assert sorted(os.listdir(out)) == sorted(api.FILES + (api.SUMS,))
     assert sorted(os.listdir(tmp_path)) == ["e"]
     mgca_jax.load(str(out))
+
+
+def test_tools_read_an_export_like_the_workdir(workdir, export_dir, voc_dir, tmp_path):
+    """evaluate --export gives the same figures as evaluate --workdir; segment --export runs."""
+    common = ["--dataset=voc21", f"--data_dir={voc_dir}", "--unit=all", "--bootstrap=0", *FAST]
+    a, b = tmp_path / "workdir.json", tmp_path / "export.json"
+    r = run("-m", "mgca_jax.evaluate", f"--workdir={workdir}", f"--out={a}", *common)
+    assert r.returncode == 0, r.stderr
+    r = run("-m", "mgca_jax.evaluate", f"--export={export_dir}", f"--out={b}", *common)
+    assert r.returncode == 0, r.stderr
+    ra, rb = (json.loads(p.read_text())["results"]["voc21"]["units"] for p in (a, b))
+    assert ra == rb and all(np.isfinite(u["miou"]) for u in ra.values())
+    r = run("-m", "mgca_jax.evaluate", f"--export={export_dir}", *common)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: --out: required with --export (the export directory is never written to)")
+    r = run("-m", "mgca_jax.evaluate", f"--export={export_dir}", f"--workdir={workdir}",
+            f"--out={b}", *common)
+    assert r.returncode == 2 and "pass exactly one of --workdir" in r.stderr
+    out = tmp_path / "seg"
+    image = voc_dir / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2008_000000.jpg"
+    r = run("-m", "mgca_jax.segment", f"--export={export_dir}", f"--image={image}",
+            "--classes=circle,square", f"--out_dir={out}")
+    assert r.returncode == 0, r.stderr
+    assert (out / "2008_000000_labels.png").exists()
