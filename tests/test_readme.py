@@ -90,6 +90,13 @@ def readme_commands(text: str) -> list[Command]:
     return commands
 
 
+def python_block(text: str, heading: str) -> str:
+    """The first ```python block after `heading`."""
+    rest = text[text.index(heading):]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start:rest.index("```", start)]
+
+
 # ----------------------------------------------------------------------------- stubs
 
 STUB_RECORD = '''#!{python}
@@ -349,6 +356,13 @@ def test_every_readme_command_runs(tmp_path):
             except AssertionError as e:
                 raise AssertionError(f"{where}: {e}") from None
         checked += bool(new_calls)
+
+    # The Python example of "Use a trained model in your JAX code", verbatim, on the export made above.
+    example = python_block((REPO / "README.md").read_text(), "## Use a trained model in your JAX code")
+    proc = subprocess.run([sys.executable, "-c", example], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"README.md: the export example fails:\n{proc.stderr[-3000:]}"
+    assert proc.stdout.split("\n")[0].startswith("(120, 160) (1, "), proc.stdout
 
     print(f"\nREADME: {len(commands)} commands: {ran} run ({checked} through the stubs, flags checked), "
           f"{len(commands) - ran} checked against .ci/run; {sum(times.values()):.1f}s")
