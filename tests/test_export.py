@@ -13,21 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import tiny  # noqa: E402
 
 import mgca_jax  # noqa: E402
 from mgca_jax import api, checkpoints, inference  # noqa: E402
 from mgca_jax.data import scenes  # noqa: E402
-from mgca_jax.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from mgca_jax.evaluation import protocol, zeroshot  # noqa: E402
-from mgca_jax.models.two_tower import make_model, random_params  # noqa: E402
 
-from test_inference_cli import FAST, voc_dir  # noqa: E402,F401  (a VOC-layout fixture)
+from test_inference_cli import FAST, random_run, voc_dir  # noqa: E402,F401  (shared fixtures)
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -41,22 +36,7 @@ def run(*args, cwd=ROOT):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A run directory as train.py leaves it (config.json, checkpoints/7, eval_step7.json)."""
-    root = tmp_path_factory.mktemp("run")
-    spm = str(root / "spm.model")
-    train_tokenizer([scenes.make_example(0, i, 32)["caption"] for i in range(200)], spm, 64)
-    config = tiny.get_config()
-    config.data_dir = str(root)
-    config.input.tokenizer = spm
-    config.model.vocab_size = Tokenizer(spm).vocab_size
-    params = random_params(make_model(config), config.input.image_size, config.input.max_len, seed=3)
-    state = {"step": jnp.asarray(7, jnp.int32), "params": params,
-             "opt_state": optax.adamw(1e-3).init(params)}
-    wd = root / "wd"
-    with ocp.CheckpointManager(str(wd / "checkpoints"),
-                               options=ocp.CheckpointManagerOptions(create=True)) as mngr:
-        mngr.save(7, args=ocp.args.StandardSave(state))
-        mngr.wait_until_finished()
-    (wd / "config.json").write_text(json.dumps(config.to_dict()))
+    wd = random_run(tmp_path_factory.mktemp("run"), step=7, seed=3)
     (wd / "eval_step7.json").write_text(json.dumps({"step": 7, "miou": 0.25, "iou": {}}))
     return wd
 

@@ -27,25 +27,30 @@ from mgca_jax.models.two_tower import make_model, random_params  # noqa: E402
 FAST = ["--short_side=72", "--crop=48", "--stride=16", "--windows_per_device=2"]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A run directory laid out as train.py writes it: config.json + checkpoints/0 (random)."""
-    root = tmp_path_factory.mktemp("run")
+def random_run(root, step=0, seed=0):
+    """A run directory laid out as train.py writes it: config.json + checkpoints/STEP (random
+    params of configs/tiny.py, a 64-piece tokenizer trained on scene captions)."""
     spm = str(root / "spm.model")
     train_tokenizer([scenes.make_example(0, i, 32)["caption"] for i in range(200)], spm, 64)
     config = tiny.get_config()
     config.data_dir = str(root)
     config.input.tokenizer = spm
     config.model.vocab_size = Tokenizer(spm).vocab_size
-    params = random_params(make_model(config), config.input.image_size, config.input.max_len)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optax.adamw(1e-3).init(params)}
+    params = random_params(make_model(config), config.input.image_size, config.input.max_len, seed=seed)
+    state = {"step": jnp.asarray(step, jnp.int32), "params": params,
+             "opt_state": optax.adamw(1e-3).init(params)}
     wd = root / "wd"
     with ocp.CheckpointManager(str(wd / "checkpoints"),
                                options=ocp.CheckpointManagerOptions(create=True)) as mngr:
-        mngr.save(0, args=ocp.args.StandardSave(state))
+        mngr.save(step, args=ocp.args.StandardSave(state))
         mngr.wait_until_finished()
     (wd / "config.json").write_text(json.dumps(config.to_dict()))
     return wd
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return random_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
