@@ -116,16 +116,14 @@ def model_config(meta: dict) -> ml_collections.ConfigDict:
 
 def read_params(directory: str, model, config) -> dict:
     """The params of PARAMS, checked key by key and shape by shape against `model`."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors import SafetensorError, safe_open
 
     from mgca_jax.checkpoints import abstract_params
     path = os.path.join(directory, PARAMS)
     try:
-        flat = load_file(path)
-        from safetensors import safe_open
-        with safe_open(path, framework="numpy") as f:
+        with safe_open(path, framework="numpy") as f:        # one read: tensors and metadata
             version = (f.metadata() or {}).get("format_version")
+            flat = {k: f.get_tensor(k) for k in f.keys()}
     except (OSError, SafetensorError) as e:
         raise ExportError(f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if version != str(FORMAT_VERSION):
