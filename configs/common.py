@@ -38,7 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.object_template = "a photo of a {}."
     c.input.shuffle_buffer = 10_000
     # "{field}" is filled from config.input at run time, so overrides stay consistent.
-    c.input.pp_train = ("decode|flip_lr|normalize|tokenize({max_len})|object_words({num_objects})|"
+    c.input.recolour_prob = 0.0       # recolour op: colour-transformed images, colour words cut
+    c.input.pp_train = ("decode|recolour({recolour_prob})|flip_lr|normalize|tokenize({max_len})|object_words({num_objects})|"
                         "object_prompts({object_max_len})|"
                         "keep('image','tokens','object_ids','object_mask','object_tokens')")
     c.input.pp_eval = "decode|normalize|squeeze_mask|keep('image','mask')"

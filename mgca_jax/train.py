@@ -148,12 +148,14 @@ def eval_class_names(config):
 
 def eval_splits(config, builder):
     """The splits the trainer scores: config.data.eval_split, then, for the embedded
-    world, its atypical-colour split (where only shape tells the class)."""
+    world, its atypical-colour partner (validation -> validation_atypical, tune ->
+    tune_atypical), where only shape tells the class."""
     splits = [config.data.eval_split]
     if config.data.name == input_pipeline.EMBEDDED:
-        from mgca_jax.data.scenes_builder import ATYPICAL_SPLIT
-        if ATYPICAL_SPLIT in builder.info.splits and ATYPICAL_SPLIT not in splits:
-            splits.append(ATYPICAL_SPLIT)
+        from mgca_jax.data.scenes_builder import ATYPICAL_PARTNER
+        partner = ATYPICAL_PARTNER.get(config.data.eval_split)
+        if partner in builder.info.splits:
+            splits.append(partner)
     return splits
 
 

@@ -52,3 +52,67 @@ def test_flip_is_seeded_per_example():
         assert flipped or np.array_equal(eager["image"], img)
         flips.append(flipped)
     assert 0 < sum(flips) < 16
+
+
+def with_caption(seed, caption):
+    ex = example(seed)
+    ex["caption"] = tf.constant(caption)
+    return ex
+
+
+def test_flip_swaps_left_and_right_in_the_caption_exactly_when_it_flips():
+    caption = "a star to the left of a ring, right above a cross; leftover words stay"
+    swapped = "a star to the right of a ring, left above a cross; leftover words stay"
+    seen = set()
+    for seed in range(16):
+        ex = with_caption(seed, caption)
+        eager, graph = run_both("flip_lr", ex)
+        flipped = np.array_equal(eager["image"], ex["image"].numpy()[:, ::-1])
+        assert eager["caption"].decode() == (swapped if flipped else caption)
+        assert graph["caption"] == eager["caption"]
+        seen.add(flipped)
+    assert seen == {True, False}
+
+
+def test_recolour_strips_colour_words_and_keeps_articles_right():
+    cases = {
+        "a small red circle and an orange star": "a small circle and a star",
+        "an orange apple": "an apple",
+        "A red apple on a striped background": "An apple on a striped background",
+        "two green squares above a blue ring": "two squares above a ring",
+        "photo of white crosses": "photo of crosses",
+        "a redwood and a bluebird": "a redwood and a bluebird",   # whole words only
+    }
+    for caption, want in cases.items():
+        eager, graph = run_both("recolour(1.0)", with_caption(3, caption))
+        assert eager["caption"].decode() == want, caption
+        assert graph["caption"] == eager["caption"]
+
+
+def numpy_colour_transforms(img):
+    """The 11 non-identity (channel permutation, optional inversion) maps, in float64."""
+    perms = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+    out = [img[..., list(p)] for p in perms] + [255 - img[..., list(p)] for p in perms]
+    return out[1:]
+
+
+def test_recolour_applies_one_of_the_eleven_transforms_with_its_probability():
+    applied = 0
+    kinds = set()
+    for seed in range(64):
+        ex = with_caption(seed, "a red circle")
+        eager, graph = run_both("recolour(0.5)", ex)
+        np.testing.assert_array_equal(eager["image"], graph["image"])
+        img = ex["image"].numpy().astype(np.int64)
+        if eager["caption"].decode() == "a red circle":
+            np.testing.assert_array_equal(eager["image"], img)
+            continue
+        assert eager["caption"].decode() == "a circle"
+        matches = [i for i, t in enumerate(numpy_colour_transforms(img)) if np.array_equal(t, eager["image"])]
+        assert len(matches) == 1
+        kinds.add(matches[0])
+        applied += 1
+    assert 20 <= applied <= 44            # Binomial(64, 0.5): outside is < 0.2 % likely
+    assert len(kinds) >= 8
+    eager, _ = run_both("recolour(0.0)", with_caption(0, "a red circle"))
+    assert eager["caption"].decode() == "a red circle"

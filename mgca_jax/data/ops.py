@@ -75,11 +75,65 @@ def random_resized_crop(ctx, size, min_scale=0.35, max_scale=1.0, min_ratio=3 / 
     return op
 
 
+def _coin(ex, salt, prob):
+    return tf.random.stateless_uniform([], _seed(ex, salt)) < prob
+
+
+def _swap_words(text, a, b):
+    """Exchanges whole words a and b in a string tensor."""
+    text = tf.strings.regex_replace(text, rf"\b{a}\b", "\x00")
+    text = tf.strings.regex_replace(text, rf"\b{b}\b", a)
+    return tf.strings.regex_replace(text, "\x00", b)
+
+
 @register
-def flip_lr(ctx):
+def flip_lr(ctx, key="caption"):
+    """Mirrors the image with probability 1/2; a caption, if present, swaps "left" and
+    "right" with it, so spatial relations stay true."""
     def op(ex):
         ex = dict(ex)
-        ex["image"] = tf.image.stateless_random_flip_left_right(ex["image"], _seed(ex, 2))
+        flip = _coin(ex, 2, 0.5)
+        ex["image"] = tf.cond(flip, lambda: tf.reverse(ex["image"], [1]), lambda: ex["image"])
+        if key in ex:
+            ex[key] = tf.cond(flip, lambda: _swap_words(ex[key], "left", "right"), lambda: ex[key])
+        return ex
+    return op
+
+
+# Colour words that `recolour` removes from a caption (lower case, whole words).
+COLOUR_WORDS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "cyan", "white",
+                "black", "brown", "grey", "gray", "violet", "magenta", "turquoise", "golden")
+
+
+@register
+def recolour(ctx, prob, key="caption"):
+    """With probability `prob`, maps the image's colours through one of the 11
+    non-identity transforms made of a channel permutation and an optional inversion
+    (red -> green/blue/cyan ..., white <-> black), and deletes every colour word from
+    the caption, which then stays true: it names the objects, not their colours.
+    Shape, texture and layout are unchanged, so the class words must be learnt from
+    them (docs/method.md, "Shape, not colour")."""
+    perms = tf.constant([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]], tf.int32)
+    words = "|".join(COLOUR_WORDS)
+
+    def transform(image, choice):                       # choice in 1..11
+        out = tf.gather(image, perms[choice % 6], axis=-1)
+        return tf.where(choice >= 6, tf.cast(255, image.dtype) - out, out)
+
+    def strip_colours(text):
+        # "an orange circle" -> "a circle", "a red apple" -> "an apple", "two green squares" -> "two squares"
+        text = tf.strings.regex_replace(text, rf"\b([aA])n ((?:{words}) )+([^aeiouAEIOU])", "\\1 \\3")
+        text = tf.strings.regex_replace(text, rf"\b([aA]) ((?:{words}) )+([aeiouAEIOU])", "\\1n \\3")
+        text = tf.strings.regex_replace(text, rf"\b(?:{words})\b ?", "")
+        return tf.strings.strip(text)
+
+    def op(ex):
+        ex = dict(ex)
+        apply = _coin(ex, 3, prob)
+        choice = tf.random.stateless_uniform([], _seed(ex, 4), 1, 12, dtype=tf.int32)
+        ex["image"] = tf.cond(apply, lambda: transform(ex["image"], choice), lambda: ex["image"])
+        if key in ex:
+            ex[key] = tf.cond(apply, lambda: strip_colours(ex[key]), lambda: ex[key])
         return ex
     return op
 

@@ -59,6 +59,8 @@ _SPLIT_SEED_OFFSET = {"train": 1_000_003, "validation": 2_000_029,
 EVAL_SPLIT_COLOURS = {"validation": "standard", "validation_atypical": "atypical",
                       "tune": "standard", "tune_atypical": "atypical"}
 ATYPICAL_SPLIT = "validation_atypical"
+# Each standard evaluation split and its atypical-colour partner (same kind, own seed).
+ATYPICAL_PARTNER = {"validation": ATYPICAL_SPLIT, "tune": "tune_atypical"}
 # Use worker processes above this many examples in a split (when >1 CPU);
 # the environment variable MGCA_SCENES_WORKERS sets their number (1 = serial).
 _PARALLEL_MIN_EXAMPLES = 4000
