@@ -7,9 +7,10 @@ Every run is `python -m mgca_jax.main` in its own process (same config, same
 step budget; only the loss weights and the seed change): a variant switches
 its terms on with the config's weights (1 where the config has 0) and the
 others off. Its final
-zero-shot validation mIoU is read from the workdir's eval JSON. Finished runs
-are reused, so an interrupted ablation resumes. The table (mean +- std over
-seeds) is printed, saved as ROOT/ablation.json and, with --results, written
+zero-shot mIoU on every split the trainer scored (for the embedded world the
+validation split and its atypical-colour partner, where only shape tells the
+class) is read from the workdir's eval JSON. Finished runs are reused, so an
+interrupted ablation resumes. One table per split (mean +- std over seeds) is printed, saved as ROOT/ablation.json and, with --results, written
 into that markdown file between `<!-- ablation:begin -->` and `<!-- ablation:end -->`.
 """
 import argparse
@@ -57,8 +58,14 @@ def weight_flags(weights):
     return [f"--config.loss.weights.{k}={v}" for k, v in weights.items()]
 
 
+def split_scores(record):
+    """{split: mIoU in %} of an eval JSON (older JSONs hold only the validation split)."""
+    splits = record.get("splits") or {"validation": {"miou": record["miou"]}}
+    return {split: 100.0 * r["miou"] for split, r in splits.items()}
+
+
 def run_one(args, variant, seed):
-    """Trains one run (unless its eval JSON exists) and returns its mIoU in %."""
+    """Trains one run (unless its eval JSON exists) and returns {split: mIoU in %}."""
     workdir = run_dir(args.root, variant, seed)
     result = os.path.join(workdir, f"eval_step{args.steps}.json")
     if not os.path.exists(result):
@@ -71,7 +78,7 @@ def run_one(args, variant, seed):
         if rc != 0 or not os.path.exists(result):
             raise RuntimeError(f"run {workdir} failed (exit {rc}); see {workdir}/ablation.log")
     with open(result) as f:
-        return 100.0 * json.load(f)["miou"]
+        return split_scores(json.load(f))
 
 
 def summarise(scores):
@@ -89,9 +96,9 @@ def summarise(scores):
     return rows
 
 
-def markdown(rows, command, steps, weights):
+def markdown(rows, command, steps, weights, split="validation"):
     lines = [f"Command: `{command}`", "",
-             f"Final zero-shot validation mIoU (%), {steps} steps per run.", "",
+             f"Final zero-shot mIoU (%) on the {split} split, {steps} steps per run.", "",
              "| variant | loss weights | per seed | mean ± std | gap to image-text (in std) |",
              "| --- | --- | --- | ---: | ---: |"]
     for r in rows:
@@ -152,11 +159,13 @@ def main(argv=None):
             done += 1
             elapsed = time.time() - start
             eta = elapsed / done * (len(jobs) - done)
-            print(f"[{done}/{len(jobs)}] {v} seed {seeds[i]}: mIoU {scores[v][i]:.2f}  "
+            figures = ", ".join(f"{s} {m:.2f}" for s, m in scores[v][i].items())
+            print(f"[{done}/{len(jobs)}] {v} seed {seeds[i]}: mIoU {figures}  "
                   f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
-    rows = summarise(scores)
+    splits = [s for s in next(iter(scores.values()))[0] if all(s in r for rs in scores.values() for r in rs)]
+    rows = {s: summarise({v: [r[s] for r in rs] for v, rs in scores.items()}) for s in splits}
     command = "python -m mgca_jax.ablation " + " ".join(a for a in (argv or sys.argv[1:]))
-    text = markdown(rows, command.strip(), args.steps, args.weights)
+    text = "\n\n".join(markdown(rows[s], command.strip(), args.steps, args.weights, s) for s in splits)
     print(text)
     with open(os.path.join(args.root, "ablation.json"), "w") as f:
         json.dump(dict(steps=args.steps, seeds=seeds, weights=args.weights, rows=rows), f, indent=1)

@@ -49,3 +49,30 @@ def test_variants_take_the_config_weights():
     assert ablation.variant_weights(demo, "full objective") == demo
     # a term the config leaves off is switched on at weight 1
     assert ablation.variant_weights(dict(image_text=1.0), "+ region")["region"] == 1.0
+
+
+def test_split_scores_reads_every_split_and_older_records():
+    record = {"step": 5, "miou": 0.25, "splits": {"validation": {"miou": 0.25},
+                                                  "validation_atypical": {"miou": 0.125}}}
+    assert ablation.split_scores(record) == {"validation": 25.0, "validation_atypical": 12.5}
+    assert ablation.split_scores({"step": 5, "miou": 0.5}) == {"validation": 50.0}
+
+
+def test_main_writes_one_table_per_split_from_the_runs_json(tmp_path, capsys):
+    import json
+    root = tmp_path / "abl"
+    per_seed = {("image-text only", 0): (0.10, 0.05), ("image-text only", 1): (0.12, 0.07),
+                ("full objective", 0): (0.30, 0.20), ("full objective", 1): (0.34, 0.22)}
+    for (variant, seed), (val, atyp) in per_seed.items():
+        d = ablation.run_dir(str(root), variant, seed)
+        os.makedirs(d)
+        with open(os.path.join(d, "eval_step7.json"), "w") as f:
+            json.dump({"step": 7, "miou": val, "splits": {"validation": {"miou": val},
+                                                           "validation_atypical": {"miou": atyp}}}, f)
+    out_md = tmp_path / "r.md"
+    ablation.main([f"--root={root}", "--steps=7", "--seeds=0,1", f"--results={out_md}",
+                   "--variants=image-text only,full objective"])
+    text = out_md.read_text()
+    assert "on the validation split" in text and "on the validation_atypical split" in text
+    assert "32.00 ± 2.83" in text and "21.00 ± 1.41" in text      # hand: mean/stdev of 30,34 and 20,22
+    assert "+10.6" in text and "+7.4" in text   # (21 - 6) / max(1.41, 1.41); (32 - 11) / max(1.41, 2.83)
