@@ -85,27 +85,60 @@ def _tau(cfg, name, out):
     return out["logit_scale"] if t <= 0 else 1.0 / t
 
 
-def object_term(out, batch, cfg, axis_name, rng):
-    """Object level: text-grounded object embeddings vs the batch's object units.
+def attention_pool(p, q, temperature):
+    """p [b, N, E], q [b, c, E] (normalised) -> [b, c, E]: per query, the normalised
+    softmax_n(p[n].q / temperature)-weighted mean of the patches."""
+    att = jax.nn.softmax(jnp.einsum("bce,bne->bcn", q, p) / temperature, axis=-1)
+    return l2_normalize(jnp.einsum("bcn,bne->bce", att, p))
 
-    z[i,k] = norm(sum_n softmax_n(p[i,n].o[i,k] / tau_attn) p[i,n]); contrasted
-    with all units o[j,l] of the global batch; units with the same word as the
-    positive (other than the positive itself) are not negatives.
+
+def candidate_scores(p, units, temperature, chunk):
+    """[b, J]: each unit j pools image i's patches with itself as the query and scores
+    the result, s[i, j] = z(i, j).o[j] -- "how well does image i show word j"."""
+    b, e = p.shape[0], p.shape[-1]
+    c = _largest_divisor(units.shape[0], chunk)
+
+    def scores(uc):                                                   # [c, E] -> [b, c]
+        q = jnp.broadcast_to(uc[None], (b, *uc.shape))
+        return jnp.einsum("bce,ce->bc", attention_pool(p, q, temperature), uc)
+
+    s = jax.lax.map(scores, units.reshape(-1, c, e))                  # [J/c, b, c]
+    return s.transpose(1, 0, 2).reshape(b, -1)
+
+
+def object_term(out, batch, cfg, axis_name, rng):
+    """Object level: text-grounded object units against the global batch's units.
+
+    z[i,k] = norm(sum_n softmax_n(p[i,n].o[i,k] / tau_attn) p[i,n]). With
+    `object_query="candidate"` (default) every candidate unit o[j,l] is scored
+    by pooling image i with its own query, z(i, jl).o[j,l], so a candidate word
+    scores high only where the image shows it; with "own" the candidates are
+    scored against the positive's pooling, z[i,k].o[j,l] (docs/method.md says why
+    that one can be solved without looking at the image). Units with the same
+    word as the positive (other than the positive itself) are not negatives.
     """
     del rng
     p = l2_normalize(out["patch_embed"])                    # [b, N, E]
     o = l2_normalize(out["object_embed"])                   # [b, K, E]
     ids, valid = batch["object_ids"], batch["object_mask"]  # [b, K]
     b, k = ids.shape
-    att = jax.nn.softmax(jnp.einsum("bke,bne->bkn", o, p) / cfg.object_attn_temperature, axis=-1)
-    z = l2_normalize(jnp.einsum("bkn,bne->bke", att, p))
     all_o = gather(o, axis_name).reshape(-1, o.shape[-1])   # [B*K, E]
     all_ids = gather(ids, axis_name).reshape(-1)
     all_valid = gather(valid, axis_name).reshape(-1)
     pos = (shard_offset(b, axis_name) + jnp.arange(b))[:, None] * k + jnp.arange(k)[None, :]
     is_pos = pos[:, :, None] == jnp.arange(all_ids.shape[0])[None, None, :]
     allowed = is_pos | (all_valid[None, None, :] & (all_ids[None, None, :] != ids[:, :, None]))
-    logits = jnp.where(allowed, _tau(cfg, "object", out) * jnp.einsum("bke,je->bkj", z, all_o), NEG)
+    query = cfg.get("object_query", "candidate")
+    if query == "candidate":
+        sims = jnp.broadcast_to(candidate_scores(p, all_o, cfg.object_attn_temperature,
+                                                 int(cfg.get("object_chunk", 256)))[:, None, :],
+                                allowed.shape)
+    elif query == "own":
+        z = attention_pool(p, o, cfg.object_attn_temperature)
+        sims = jnp.einsum("bke,je->bkj", z, all_o)
+    else:
+        raise ValueError(f"config.loss.object_query: unknown {query!r}; use 'candidate' or 'own'")
+    logits = jnp.where(allowed, _tau(cfg, "object", out) * sims, NEG)
     return cross_entropy(logits, pos, valid)
 
 

@@ -140,11 +140,20 @@ def ref_object(out, batch, cfg, xp=np):
     ids, mask = batch["object_ids"], batch["object_mask"]
     B, K = ids.shape
     scale = scale_of(cfg, "object", out)
-    att = softmax(xp.einsum("bne,bke->bkn", p, o) / cfg.object_attn_temperature, xp)
-    z = nrm(xp.einsum("bkn,bne->bke", att, p), xp).reshape(B * K, -1)      # row (i, k)
+    units = o.reshape(B * K, -1)
     ids_f, mask_f = ids.reshape(-1), mask.reshape(-1)
     allowed = np.eye(B * K, dtype=bool) | (mask_f[None] & (ids_f[None] != ids_f[:, None]))
-    logits = xp.where(allowed, scale * z @ o.reshape(B * K, -1).T, -xp.inf)
+    if cfg.get("object_query", "candidate") == "own":
+        att = softmax(xp.einsum("bne,bke->bkn", p, o) / cfg.object_attn_temperature, xp)
+        z = nrm(xp.einsum("bkn,bne->bke", att, p), xp).reshape(B * K, -1)  # row (i, k)
+        sims = z @ units.T
+    else:   # candidate unit j pools image i with its own query, one loop per pair
+        def score(i, j):
+            a = softmax(p[i] @ units[j] / cfg.object_attn_temperature, xp)
+            return nrm(a @ p[i], xp) @ units[j]
+        sims = xp.stack([xp.stack([score(i, j) for j in range(B * K)]) for i in range(B)])
+        sims = xp.repeat(sims, K, axis=0)                                  # row (i, k) = image i
+    logits = xp.where(allowed, scale * sims, -xp.inf)
     rows = np.flatnonzero(mask_f)                                            # valid anchors
     return ce_rows(logits[rows], rows, xp).mean()
 
@@ -317,6 +326,8 @@ TERM_CASES = [
     ("image_text", dict(image_text_pool="topk", image_text_topk=1.0), dict(N=16, seed=8)),
     ("object", {}, dict(N=9)),
     ("object", dict(object_temperature=0.0, object_attn_temperature=0.2), dict(N=9, seed=3)),
+    ("object", dict(object_query="own"), dict(N=9)),
+    ("object", dict(object_chunk=3), dict(N=9, seed=5)),
     ("region", dict(region_num=4, region_iters=2, region_chunk=64), dict(N=9)),
     ("region", dict(region_num=5, region_iters=3, region_chunk=3, region_temperature=0.1),
      dict(N=16, seed=4)),
