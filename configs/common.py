@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.image_text_topk = 0.25          # fraction of patches for "topk"
     c.loss.object_temperature = 0.07       # <= 0: use the learnable logit scale
     c.loss.object_attn_temperature = 0.05  # attention pooling over patches
-    c.loss.object_query = "candidate"      # or "own" (sessions 1-6; solvable without the image)
+    c.loss.object_query = "own"            # or "candidate" (docs/method.md, object level)
     c.loss.object_chunk = 256              # candidate units pooled at once
     c.loss.region_temperature = 0.0        # learnable, shared with image_text
     c.loss.region_num = 8                  # M regions

@@ -72,6 +72,9 @@ def check_config(config, num_devices: int) -> None:
     if loss.get("image_text_pool", "mean") not in ("mean", "topk"):
         raise ConfigError(f"config.loss.image_text_pool: unknown pooling {loss.image_text_pool!r}; "
                           "use 'mean' or 'topk'")
+    if loss.get("object_query", "own") not in ("own", "candidate"):
+        raise ConfigError(f"config.loss.object_query: unknown {loss.object_query!r}; "
+                          "use 'own' or 'candidate'")
     for field in ("image_text_topk", "background_fraction", "pixel_top_fraction"):
         v = loss.get(field, 0.5)
         if not _is_number(v) or not 0 < v <= 1:

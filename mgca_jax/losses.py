@@ -110,11 +110,11 @@ def object_term(out, batch, cfg, axis_name, rng):
     """Object level: text-grounded object units against the global batch's units.
 
     z[i,k] = norm(sum_n softmax_n(p[i,n].o[i,k] / tau_attn) p[i,n]). With
-    `object_query="candidate"` (default) every candidate unit o[j,l] is scored
+    `object_query="candidate"` every candidate unit o[j,l] is scored
     by pooling image i with its own query, z(i, jl).o[j,l], so a candidate word
     scores high only where the image shows it; with "own" the candidates are
-    scored against the positive's pooling, z[i,k].o[j,l] (docs/method.md says why
-    that one can be solved without looking at the image). Units with the same
+    scored against the positive's pooling, z[i,k].o[j,l] (the default; docs/method.md
+    says how it can be solved without looking at the image). Units with the same
     word as the positive (other than the positive itself) are not negatives.
     """
     del rng
@@ -128,7 +128,7 @@ def object_term(out, batch, cfg, axis_name, rng):
     pos = (shard_offset(b, axis_name) + jnp.arange(b))[:, None] * k + jnp.arange(k)[None, :]
     is_pos = pos[:, :, None] == jnp.arange(all_ids.shape[0])[None, None, :]
     allowed = is_pos | (all_valid[None, None, :] & (all_ids[None, None, :] != ids[:, :, None]))
-    query = cfg.get("object_query", "candidate")
+    query = cfg.get("object_query", "own")
     if query == "candidate":
         sims = jnp.broadcast_to(candidate_scores(p, all_o, cfg.object_attn_temperature,
                                                  int(cfg.get("object_chunk", 256)))[:, None, :],

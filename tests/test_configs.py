@@ -46,7 +46,8 @@ def test_bad_values_name_the_field():
     with pytest.raises(config_check.ConfigError, match="config.sharding.params"):
         config_check.check_config(c, 1)
     for field, value in (("loss.image_text_pool", "max"), ("loss.image_text_topk", 0.0),
-                         ("loss.background_fraction", 1.5), ("model.attention_radius", "1,2")):
+                         ("loss.background_fraction", 1.5), ("model.attention_radius", "1,2"),
+                         ("loss.object_query", "self")):
         c = load("demo")
         group, name = field.split(".")
         c[group][name] = value

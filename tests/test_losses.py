@@ -143,7 +143,7 @@ def ref_object(out, batch, cfg, xp=np):
     units = o.reshape(B * K, -1)
     ids_f, mask_f = ids.reshape(-1), mask.reshape(-1)
     allowed = np.eye(B * K, dtype=bool) | (mask_f[None] & (ids_f[None] != ids_f[:, None]))
-    if cfg.get("object_query", "candidate") == "own":
+    if cfg.get("object_query", "own") == "own":
         att = softmax(xp.einsum("bne,bke->bkn", p, o) / cfg.object_attn_temperature, xp)
         z = nrm(xp.einsum("bkn,bne->bke", att, p), xp).reshape(B * K, -1)  # row (i, k)
         sims = z @ units.T
@@ -326,8 +326,8 @@ TERM_CASES = [
     ("image_text", dict(image_text_pool="topk", image_text_topk=1.0), dict(N=16, seed=8)),
     ("object", {}, dict(N=9)),
     ("object", dict(object_temperature=0.0, object_attn_temperature=0.2), dict(N=9, seed=3)),
-    ("object", dict(object_query="own"), dict(N=9)),
-    ("object", dict(object_chunk=3), dict(N=9, seed=5)),
+    ("object", dict(object_query="candidate"), dict(N=9)),
+    ("object", dict(object_query="candidate", object_chunk=3, object_temperature=0.0), dict(N=9, seed=5)),
     ("region", dict(region_num=4, region_iters=2, region_chunk=64), dict(N=9)),
     ("region", dict(region_num=5, region_iters=3, region_chunk=3, region_temperature=0.1),
      dict(N=16, seed=4)),
