@@ -110,8 +110,9 @@ def test_failing_cell_names_notebook_and_cell(tmp_path):
     nbformat.write(nb, path)
     with pytest.raises(pytest.fail.Exception) as info:
         execute(path, tmp_path, timeout=120)
-    assert "planted.ipynb: cell 1 ('raise ValueError(\\'planted\\')') failed: ValueError: planted" \
-        in str(info.value), str(info.value)
+    first_line = str(info.value).splitlines()[0]
+    assert first_line == ("planted.ipynb: cell 1 (\"raise ValueError('planted')\") failed: "
+                          "ValueError: planted"), first_line
 
 
 # ----------------------------------------------------------------------------- execution
