@@ -88,13 +88,14 @@ def test_notebook_metadata(name):
         f"notebooks/{name}.ipynb")[0].rsplit("\n", 1)[-1], f"README: no Colab badge for {name}"
 
 
-def test_install_cell_refuses_unsupported_python():
+def test_install_cell_refuses_unsupported_python(tmp_path):
     """On Colab (google.colab imported) with Python 3.10, the setup cell stops, naming the versions."""
     setup = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4).cells[1].source
     fake = ("import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
             "sys.version_info = (3, 10, 12, 'final', 0)\n")
     proc = subprocess.run([sys.executable, "-c", fake + setup], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+                          timeout=120, cwd=tmp_path)
+    assert not (tmp_path / "mgca_jax").exists()           # stopped before cloning
     assert proc.returncode == 1
     assert ("RuntimeError: mgca_jax supports Python 3.11 to 3.13; this runtime runs Python 3.10."
             in proc.stderr), proc.stderr[-2000:]
