@@ -27,7 +27,11 @@ setup(
     description="MGCA (arXiv 2403.03707) in JAX/Flax: segmentation learned from captions",
     packages=find_packages(include=["mgca_jax", "mgca_jax.*"]),
     package_data={"mgca_jax.data": ["lexicon/*.txt"]},
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",   # Colab runs 3.12/3.13; the pinned stack has cp311-cp313 wheels
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "webdataset==1.0.2"]},
+    extras_require={"test": [
+        "pytest==9.2.0", "webdataset==1.0.2",
+        # notebooks/ executed in CI (tests/test_notebooks.py)
+        "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0", "matplotlib==3.11.2",
+    ]},
 )

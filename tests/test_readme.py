@@ -283,6 +283,8 @@ def check_stub_call(call, cwd: Path):
             assert (cwd / args[args.index("-e") + 1] / "setup.py").is_file(), call
             for pin in (a for a in args if a.startswith("jax[")):
                 assert f"jax=={pin.split('==')[1]}" in lock, (pin, "not the locked jax")
+        elif args[1:] == ["."]:
+            assert (cwd / "setup.py").is_file(), call           # plain `pip install .`
         else:
             assert args[1:] == ["img2dataset"], call
 

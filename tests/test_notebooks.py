@@ -1,0 +1,207 @@
+"""notebooks/*.ipynb executed first cell to last with nbclient, in smoke mode (issue 13).
+
+Each notebook runs in its own temporary folder with the repository on PYTHONPATH and
+MGCA_SMOKE=1; its files are then checked against references computed here. reproduce_cc3m runs
+on tests/test_readme.py's fixtures: the img2dataset and pip stubs, the planted tar samples and
+the small benchmark layouts. A failing cell fails the test with the notebook's name and the
+cell's number. Each notebook's time is printed.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_readme  # noqa: E402  (the README's CC3M fixtures and stubs)
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+NAMES = ("quickstart", "downstream", "reproduce_cc3m")
+MAX_OUTPUT_BYTES = 20_000          # committed outputs: stripped, or at most this much
+MACHINE_PATHS = ("/work", "/tmp", "/home", "/root", "/Users", "C:\\\\")
+
+
+def execute(path: Path, cwd: Path, timeout=900):
+    """Runs every cell of `path` in cwd; a failing cell fails the test, naming notebook and cell."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}})
+    t0 = time.perf_counter()
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            try:
+                client.execute_cell(cell, index)
+            except CellExecutionError as e:
+                first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+                pytest.fail(f"{path.name}: cell {index} ({first!r}) failed: {e.ename}: {e.evalue}\n"
+                            f"{str(e)[-3000:]}", pytrace=False)
+    return nb, time.perf_counter() - t0
+
+
+def cell_text(nb) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
+@pytest.fixture
+def kernel_env(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)       # one CPU device, as a user has
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    monkeypatch.setenv("MGCA_SMOKE", "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return monkeypatch
+
+
+def miou_float64(pred, gt, num_classes):
+    """Mean IoU over classes present in prediction or ground truth, from a float64 confusion matrix."""
+    conf = np.bincount(num_classes * gt.ravel().astype(np.int64) + pred.ravel(),
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes).astype(np.float64)
+    inter, union = np.diag(conf), conf.sum(0) + conf.sum(1) - np.diag(conf)
+    return float((inter[union > 0] / union[union > 0]).mean())
+
+
+# ----------------------------------------------------------------------------- metadata
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_metadata(name):
+    path = NOTEBOOKS / f"{name}.ipynb"
+    raw = path.read_text()
+    nb = nbformat.reads(raw, as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    assert nb.metadata.kernelspec["name"] == "python3", nb.metadata.kernelspec   # Colab's kernel
+    assert nb.metadata.kernelspec["language"] == "python"
+    for p in MACHINE_PATHS:
+        assert p not in raw, f"{path.name}: machine path {p!r}"
+    outputs = sum(len(json.dumps(c.get("outputs", []))) for c in nb.cells if c.cell_type == "code")
+    assert outputs <= MAX_OUTPUT_BYTES, f"{path.name}: {outputs} bytes of outputs"
+    assert "colab.research.google.com/github/" in (REPO / "README.md").read_text().split(
+        f"notebooks/{name}.ipynb")[0].rsplit("\n", 1)[-1], f"README: no Colab badge for {name}"
+
+
+def test_install_cell_refuses_unsupported_python(tmp_path):
+    """On Colab (google.colab imported) with Python 3.10, the setup cell stops, naming the versions."""
+    setup = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4).cells[1].source
+    fake = ("import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+            "sys.version_info = (3, 10, 12, 'final', 0)\n")
+    proc = subprocess.run([sys.executable, "-c", fake + setup], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert not (tmp_path / "mgca_jax").exists()           # stopped before cloning
+    assert proc.returncode == 1
+    assert ("RuntimeError: mgca_jax supports Python 3.11 to 3.13; this runtime runs Python 3.10."
+            in proc.stderr), proc.stderr[-2000:]
+    for name in NAMES[1:]:       # every notebook has the same setup cell
+        assert nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells[1].source == setup
+
+
+def test_failing_cell_names_notebook_and_cell(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("raise ValueError('planted')")])
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "planted.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(pytest.fail.Exception) as info:
+        execute(path, tmp_path, timeout=120)
+    first_line = str(info.value).splitlines()[0]
+    assert first_line == ("planted.ipynb: cell 1 (\"raise ValueError('planted')\") failed: "
+                          "ValueError: planted"), first_line
+
+
+# ----------------------------------------------------------------------------- execution
+
+def test_quickstart(tmp_path, kernel_env):
+    nb, seconds = execute(NOTEBOOKS / "quickstart.ipynb", tmp_path)
+    print(f"\nquickstart.ipynb: {seconds:.1f}s")
+    for f in ("loss_curves.png", "iou_bars.png", "units.png", "my_image.png",
+              "my_segmentation/my_image_overlay.png", "export_segmentation.png",
+              "exports/quickstart/SHA256SUMS", "workdirs/quickstart/segmentation_step3.png"):
+        assert (tmp_path / f).is_file(), f
+    record = json.loads((tmp_path / "units_embedded.json").read_text())["results"]["embedded"]
+    assert set(record["units"]) == {"pixel", "group", "adaptive"}
+    assert record["num_images"] == 16
+    # The all-background predictor on the same 16 images, from the masks the notebook generated.
+    import tensorflow_datasets as tfds
+    from mgca_jax.data import scenes_builder
+    builder = scenes_builder.build(str(tmp_path / "data"), "tiny")
+    masks = np.stack([ex["mask"] for ex in tfds.as_numpy(builder.as_dataset(split="validation").take(16))])
+    masks = masks.reshape(masks.shape[:3]).astype(np.int64)
+    trivial = miou_float64(np.zeros_like(masks), masks, len(record["label_names"]))
+    best = max(u["miou"] for u in record["units"].values())
+    print(f"quickstart: mIoU per unit " + ", ".join(f"{k} {100 * v['miou']:.2f}" for k, v in record["units"].items())
+          + f"; all-background {100 * trivial:.2f}")
+    assert all(0 <= u["miou"] <= 1 for u in record["units"].values())
+    # A 3-step smoke run predicts (nearly) all background; it must not score below that predictor.
+    # (The downstream notebook's probe, trained properly, must beat it strictly.)
+    assert best >= trivial - 1e-6, (best, trivial)
+    text = cell_text(nb)
+    assert "export segmentation: (192, 192)" in text, text[-2000:]
+    assert "loss" in text.split("tags:", 1)[1]
+
+
+def test_downstream(tmp_path, kernel_env):
+    nb, seconds = execute(NOTEBOOKS / "downstream.ipynb", tmp_path)
+    print(f"\ndownstream.ipynb: {seconds:.1f}s")
+    for f in ("zero_shot.png", "probe.png", "exports/tiny/SHA256SUMS"):
+        assert (tmp_path / f).is_file(), f
+    result = json.loads((tmp_path / "probe.json").read_text())
+    from mgca_jax import api
+    from mgca_jax.data import scenes
+    size = api.read_config(str(tmp_path / "exports" / "tiny"))["preprocessing"]["image_size"]
+    gt = np.stack([scenes.make_example(seed=result["test_seed"], index=i, image_size=size)["mask"]
+                   for i in range(result["n_test"])]).astype(np.int64)
+    pred = np.load(tmp_path / "probe_predictions.npz")["pred"].astype(np.int64)
+    assert pred.shape == gt.shape
+    c = len(scenes.CLASS_NAMES) + 1
+    probe, trivial = miou_float64(pred, gt, c), miou_float64(np.zeros_like(gt), gt, c)
+    assert result["probe_miou"] == pytest.approx(probe, abs=1e-6)
+    assert result["all_background_miou"] == pytest.approx(trivial, abs=1e-6)
+    print(f"downstream: probe mIoU {100 * probe:.2f} %, all-background {100 * trivial:.2f} %, "
+          f"loss {result['train_loss_first']:.3f} -> {result['train_loss_last']:.3f}")
+    assert probe > trivial
+    assert result["train_loss_last"] < result["train_loss_first"]
+    assert "export" in result and "a " in cell_text(nb)
+
+
+def test_reproduce_cc3m(tmp_path, kernel_env):
+    shared, stubs, log = tmp_path / "shared", tmp_path / "stubs", tmp_path / "stub_calls.jsonl"
+    shared.mkdir()
+    stubs.mkdir()
+    for tool, extra in (("pip", ""), ("img2dataset", test_readme.IMG2DATASET)):
+        (stubs / tool).write_text(test_readme.STUB_RECORD.format(python=sys.executable) + extra)
+        (stubs / tool).chmod(0o755)
+    import csv
+    with open(tmp_path / "Train_GCC-training.tsv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t", lineterminator="\n").writerows(test_readme.fixture_rows())
+    scored = test_readme.write_benchmarks(shared / "benchmarks")
+    kernel_env.setenv("SHARED", str(shared))
+    kernel_env.setenv("README_STUB_LOG", str(log))
+    kernel_env.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
+
+    nb, seconds = execute(NOTEBOOKS / "reproduce_cc3m.ipynb", tmp_path)
+    print(f"\nreproduce_cc3m.ipynb: {seconds:.1f}s")
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[0] for c in calls] == ["pip", "img2dataset"]
+    for call in calls:
+        test_readme.check_stub_call(call, REPO)
+    report = json.loads((shared / "tfds" / "cc3m" / "default" / "1.0.0" / "build_report.json").read_text())
+    train = report["splits"]["train"]
+    planted = {r for r in test_readme.PLANTED.values() if r}
+    dropped = {r for r in planted if not r.startswith("converted")}
+    assert train["dropped_by_reason"] == {r: 1 for r in dropped}, train
+    assert train["kept"] == 29 + 3
+    text = cell_text(nb)
+    assert f"train: seen {train['seen']}, kept 32" in text
+    assert (shared / "spm_cc3m_16k.model").is_file()
+    assert (shared / "runs" / "cc3m" / "checkpoints" / "3").is_dir()
+    result = json.loads(next((shared / "runs" / "cc3m").glob("inference_all_step3.json")).read_text())
+    assert set(result["results"]) == scored
+    assert "1 cpu device(s): global batch 16 -> 16 per chip" in text
