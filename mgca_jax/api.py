@@ -228,8 +228,13 @@ class Model:
         from mgca_jax import inference
         bg = self.meta["prompts"]["bg_thresh"] if bg_thresh == "default" else bg_thresh
         pcfg = inference.ProtocolConfig(**{**self.meta["protocol"], **protocol_overrides})
-        return inference.Segmenter(self.module, self.params, self.class_embeddings(classes, templates),
-                                   units=(unit,), protocol_config=pcfg, bg_thresh=bg)
+        from mgca_jax.evaluation import protocol
+        templates = templates or self.meta["prompts"]["templates"]
+        if isinstance(templates, str):
+            templates = protocol.get_templates(templates)
+        return inference.make_segmenter(self.module, self.params, self.tokenizer, list(classes),
+                                        tuple(templates), self.max_len, units=(unit,),
+                                        protocol_config=pcfg, bg_thresh=bg)
 
     def segment(self, images, classes: Sequence[str], unit: str = "adaptive", bg_thresh="default",
                 templates=None, **protocol_overrides) -> list[np.ndarray]:
