@@ -154,6 +154,8 @@ def test_labels_do_not_depend_on_the_callers_batching(hand):
     seg = inference.make_segmenter(model, params, tok, CLASSES, TEMPLATES, 8, units=("adaptive",),
                                    protocol_config=inference.ProtocolConfig(8, 2048, 8, 8),
                                    bg_thresh=0.55, windows_per_device=3)
+    shapes, fn = [], seg._fn
+    seg._fn = lambda p, crops, emb: shapes.append(crops.shape) or fn(p, crops, emb)
     predict = seg.predict_fn()
     whole = predict(images)
     for chunks in ((1, 6), (2, 2, 3), (5, 2)):
@@ -161,6 +163,7 @@ def test_labels_do_not_depend_on_the_callers_batching(hand):
         got = [p for part in parts for p in predict(part)]
         for a, b in zip(whole, got):
             np.testing.assert_array_equal(a, b)
+    assert set(shapes) == {(len(seg.devices), 3, 8, 8, 3)}     # every call: whole device batches
 
 
 def test_trivial_baselines_hand_case():
