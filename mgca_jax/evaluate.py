@@ -16,8 +16,8 @@ choosing settings without either validation split). The embedded world is
 scored as the field scores a model trained at 224 px (short side 448, 448/224
 windows): short side and window twice the training size, stride the training
 size, so one window per image
-(--short_side, --crop and --stride override; the trainer's own evaluation stays at
-the native size). --unit=all scores pixel, group and adaptive from one
+(--short_side, --crop and --stride override; the trainer's end-of-run evaluation is
+this command's --unit=adaptive with these defaults, through the same predict function). --unit=all scores pixel, group and adaptive from one
 forward pass per window. Benchmarks use the field protocol (short side 448,
 448/224 sliding windows, no post-processing); --bg_thresh defaults to
 config.eval.bg_thresh on data sets with a background class, else none.

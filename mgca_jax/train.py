@@ -174,7 +174,7 @@ def evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writ
     class_names = eval_class_names(config)
     pcfg = eval_protocol(config)
     segmenter = inference.make_segmenter(
-        model, host_params(params), tokenizer, class_names,
+        model, jax.device_get(host_params(params)), tokenizer, class_names,   # as a checkpoint reads
         protocol.get_templates(config.eval.templates), config.input.max_len,
         units=(EVAL_UNIT,), protocol_config=pcfg, bg_thresh=config.eval.bg_thresh)
     label_names = ("background",) + tuple(class_names)

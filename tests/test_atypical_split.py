@@ -233,22 +233,19 @@ def test_trainer_scores_both_validation_splits(trained):
 def test_trainer_figure_equals_evaluate_workdir_and_export(trained, tmp_path):
     """One inference path: the trainer's reported validation mIoU is, to the last bit,
     `evaluate --workdir` with the adaptive unit at the default protocol, and the same
-    through `evaluate --export`."""
+    through `evaluate --export` (benchmarks/export_parity.py runs both, and checks
+    bit-identical encodings and equal labels)."""
     wd, data, _ = trained
     trainer = json.loads((wd / "eval_step6.json").read_text())["miou"]
-    export = tmp_path / "export"
-    proc = _run("-m", "mgca_jax.export", f"--workdir={wd}", f"--out={export}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    figures = []
-    for source in (f"--workdir={wd}", f"--export={export}"):
-        out = tmp_path / f"{len(figures)}.json"
-        proc = _run("-m", "mgca_jax.evaluate", source, "--dataset=embedded", f"--data_dir={data}",
-                    "--unit=adaptive", f"--out={out}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rec = json.loads(out.read_text())["results"]["embedded"]
-        assert rec["protocol"]["short_side"] == 64 and rec["num_images"] > 0
-        figures.append(rec["units"]["adaptive"]["miou"])
-    assert figures == [trainer, trainer]
+    out = tmp_path / "parity.json"
+    proc = _run("benchmarks/export_parity.py", f"--workdir={wd}", f"--export={tmp_path / 'export'}",
+                f"--data_dir={data}", "--images=3", f"--out={out}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    fig = json.loads(out.read_text())
+    assert fig["miou_protocol"]["short_side"] == 64 and fig["miou_images"] > 0
+    assert fig["miou_workdir"] == fig["miou_export"] == trainer
+    assert fig["encode_image_max_abs_diff"] == fig["encode_text_max_abs_diff"] == 0.0
+    assert fig["segment_labels_equal_fraction"] == 1.0 and fig["parity"] is True
 
 
 def _miou(preds, gts):
