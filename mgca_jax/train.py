@@ -171,6 +171,11 @@ def evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writ
     """Scores every split of `eval_splits` with the adaptive unit at the default protocol,
     through the predict function the tools use (`inference.make_segmenter`); returns
     config.data.eval_split's result with all of them under "splits"."""
+    with jax.set_mesh(None):        # the Segmenter pmaps over local devices, not the train mesh
+        return _evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writer)
+
+
+def _evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writer):
     class_names = eval_class_names(config)
     pcfg = eval_protocol(config)
     segmenter = inference.make_segmenter(
