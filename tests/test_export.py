@@ -311,3 +311,31 @@ def test_parity_script_reports_a_mismatch(export_dir, tmp_path):
     assert "encode_image max |diff| 0 " not in r.stdout and "MISMATCH" in r.stdout
     r = run("benchmarks/export_parity.py", f"--workdir={tmp_path / 'nope'}")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--workdir" in r.stderr
+
+
+def test_jax_export_window_scorer_matches_the_segmenter(workdir, tmp_path):
+    """`export --jax_export`: the deserialized per-window scorer (symbolic window and class
+    counts) gives the Segmenter's window scores for all three units."""
+    out = tmp_path / "jx"
+    r = run("-m", "mgca_jax.export", f"--workdir={workdir}", f"--out={out}", "--jax_export")
+    assert r.returncode == 0, r.stderr
+    model = mgca_jax.load(str(out))
+    entry = model.meta["jax_export"]
+    assert entry["crop"] == model.meta["protocol"]["crop"] and "6 months" in entry["compatibility"]
+    scorer = api.load_window_scorer(str(out))
+    crop = entry["crop"]
+    crops = np.stack([protocol.normalize(i) for i in images(5, crop, seed=9)])
+    for classes in (CLASSES, CLASSES[:2]):
+        emb = model.class_embeddings(classes)
+        got = np.asarray(scorer.call(model.params, jnp.asarray(crops), emb))
+        seg = inference.Segmenter(model.module, model.params, emb, units=inference.UNITS,
+                                  bg_thresh=entry["bg_thresh"], windows_per_device=2)
+        want = seg.window_scores(crops)
+        assert got.shape == want.shape == (3, 5, crop // 8, crop // 8, len(classes))
+        assert np.ptp(want) > 0.1
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    data = bytearray((out / api.WINDOW_SCORER).read_bytes())
+    data[len(data) // 2] ^= 0xFF                                 # one flipped byte
+    (out / api.WINDOW_SCORER).write_bytes(bytes(data))
+    with pytest.raises(api.ExportError, match="window_scorer.jax: SHA-256"):
+        api.load_window_scorer(str(out))
