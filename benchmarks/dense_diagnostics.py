@@ -49,7 +49,9 @@ def main():
                                           config.input.max_len)
     scores, masks = [], []
     for b in input_pipeline.as_numpy(input_pipeline.eval_dataset(config, builder, ctx)):
-        s = zeroshot.patch_scores(model, params, jnp.asarray(b["image"]), class_emb)
+        x = b["image"]                    # uint8 (older workdirs' configs normalised already)
+        x = protocol.normalize(x) if x.dtype == np.uint8 else x
+        s = zeroshot.patch_scores(model, params, jnp.asarray(x), class_emb)
         h, w = b["mask"].shape[1:]
         scores.append(np.asarray(jax.image.resize(s, (s.shape[0], h, w, s.shape[-1]), "linear")))
         masks.append(b["mask"])

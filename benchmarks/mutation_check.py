@@ -157,13 +157,12 @@ MUTANTS: tuple[Mutant, ...] = (
     M("bootstrap_interval", "mgca_jax/evaluation/metrics.py",
       '"high": float(np.percentile(diffs, 97.5))', '"high": float(np.percentile(diffs, 95))',
       ("tests/test_metrics.py",), "the 95 % interval's upper end is the 95th percentile"),
-    M("zeroshot_no_background_rule", "mgca_jax/evaluation/zeroshot.py",
-      "pred = np.asarray(predict(model, params, jnp.asarray(batch[\"image\"]), class_emb,\n"
-      "                                  config.eval.bg_thresh))",
-      "pred = np.asarray(predict(model, params, jnp.asarray(batch[\"image\"]), class_emb,\n"
-      "                                  None))",
+    M("zeroshot_no_background_rule", "mgca_jax/inference.py",
+      "protocol_config=protocol_config, bg_thresh=bg_thresh, devices=devices,",
+      "protocol_config=protocol_config, bg_thresh=None, devices=devices,",
       ("tests/test_inference_zeroshot.py",),
-      "trainer evaluation drops the background rule (labels shift by one)"),
+      "the shared predict function (trainer, evaluate, segment, export) drops the background "
+      "rule (labels shift by one)"),
     M("failure_speckle_threshold", "mgca_jax/evaluation/failure_modes.py",
       "<= self.speckle_frac * area", "< 0 * area",
       ("tests/test_failure_modes.py",), "speckle never counted"),

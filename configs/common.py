@@ -42,7 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.pp_train = ("decode|recolour({recolour_prob})|flip_lr|normalize|tokenize({max_len})|object_words({num_objects})|"
                         "object_prompts({object_max_len})|"
                         "keep('image','tokens','object_ids','object_mask','object_tokens')")
-    c.input.pp_eval = "decode|normalize|squeeze_mask|keep('image','mask')"
+    # uint8 images: the predict function (inference.Segmenter) resizes and normalises
+    c.input.pp_eval = "decode|squeeze_mask|keep('image','mask')"
 
     c.model = ml_collections.ConfigDict()
     c.model.image_variant = "mu/8"

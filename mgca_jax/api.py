@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 PARAMS, CONFIG, TOKENIZER, CARD, SUMS = (
     "params.safetensors", "config.json", "tokenizer.model", "README.md", "SHA256SUMS")
 FILES = (PARAMS, CONFIG, TOKENIZER, CARD)       # covered by SHA256SUMS
+WINDOW_SCORER = "window_scorer.jax"             # optional (`export --jax_export`), also summed
 
 
 class ExportError(ValueError):
@@ -89,6 +90,26 @@ def verify(directory: str) -> None:
             raise ExportError(f"{path}: missing")
         if sha256(path) != sums[name]:
             raise ExportError(f"{path}: SHA-256 does not match {SUMS} (file modified or corrupt)")
+
+
+def load_window_scorer(directory: str):
+    """The `jax.export.Exported` per-window scorer of `export --jax_export`, checksum verified:
+    `.call(params, crops, class_emb)`, crops [n, crop, crop, 3] normalised float32 at the
+    crop of config.json's "jax_export", class_emb [C, E] -> scores [3, n, h, w, C] (units
+    pixel, group, adaptive; n and C are free)."""
+    from jax import export
+    path = os.path.join(directory, WINDOW_SCORER)
+    if not os.path.isfile(path):
+        raise ExportError(f"{path}: missing (export with --jax_export)")
+    want = read_sums(directory).get(WINDOW_SCORER)
+    if want is None or sha256(path) != want:
+        raise ExportError(f"{path}: SHA-256 does not match {SUMS} (file modified or corrupt)")
+    with open(path, "rb") as f:
+        try:
+            return export.deserialize(bytearray(f.read()))
+        except Exception as e:          # jax raises several kinds for a foreign or expired artifact
+            raise ExportError(f"{path}: cannot deserialize ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def read_config(directory: str) -> dict:
@@ -228,8 +249,13 @@ class Model:
         from mgca_jax import inference
         bg = self.meta["prompts"]["bg_thresh"] if bg_thresh == "default" else bg_thresh
         pcfg = inference.ProtocolConfig(**{**self.meta["protocol"], **protocol_overrides})
-        return inference.Segmenter(self.module, self.params, self.class_embeddings(classes, templates),
-                                   units=(unit,), protocol_config=pcfg, bg_thresh=bg)
+        from mgca_jax.evaluation import protocol
+        templates = templates or self.meta["prompts"]["templates"]
+        if isinstance(templates, str):
+            templates = protocol.get_templates(templates)
+        return inference.make_segmenter(self.module, self.params, self.tokenizer, list(classes),
+                                        tuple(templates), self.max_len, units=(unit,),
+                                        protocol_config=pcfg, bg_thresh=bg)
 
     def segment(self, images, classes: Sequence[str], unit: str = "adaptive", bg_thresh="default",
                 templates=None, **protocol_overrides) -> list[np.ndarray]:

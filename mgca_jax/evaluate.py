@@ -16,8 +16,8 @@ choosing settings without either validation split). The embedded world is
 scored as the field scores a model trained at 224 px (short side 448, 448/224
 windows): short side and window twice the training size, stride the training
 size, so one window per image
-(--short_side, --crop and --stride override; the trainer's own evaluation stays at
-the native size). --unit=all scores pixel, group and adaptive from one
+(--short_side, --crop and --stride override; the trainer's end-of-run evaluation is
+this command's --unit=adaptive with these defaults, through the same predict function). --unit=all scores pixel, group and adaptive from one
 forward pass per window. Benchmarks use the field protocol (short side 448,
 448/224 sliding windows, no post-processing); --bg_thresh defaults to
 config.eval.bg_thresh on data sets with a background class, else none.
@@ -69,17 +69,7 @@ class Job:
 # --dataset keys of the embedded world -> split (None = config.data.eval_split).
 EMBEDDED_DATASETS = {"embedded": None, "embedded_atypical": "validation_atypical",
                      "embedded_tune": "tune", "embedded_tune_atypical": "tune_atypical"}
-FIELD_TRAIN_SIZE = 224     # the field trains at 224 and scores with inference.ProtocolConfig()
-
-
-def default_protocol(train_size: int | None = None) -> tuple[int, int, int]:
-    """(short side, crop, stride): the field's for a benchmark; for the embedded world
-    (trained at `train_size`) the same ratios to the training size as 448/448/224 to 224."""
-    d = inference.ProtocolConfig()
-    field = (d.short_side, d.crop, d.stride)
-    if not train_size:
-        return field
-    return tuple(train_size * v // FIELD_TRAIN_SIZE for v in field)
+default_protocol = inference.default_protocol     # (short side, crop, stride) per training size
 
 
 def build_parser():
@@ -195,15 +185,13 @@ def png_path(png: str, key: str, several: bool) -> str:
 
 def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None):
     """Runs every unit of `units` over the job's images; returns its JSON record."""
-    from mgca_jax.evaluation import zeroshot
     config = loaded.config
     pcfg = cli_utils.protocol_config(args, *default_protocol(job.train_size))
     bg = cli_utils.parse_bg_thresh(args.bg_thresh, config.eval.bg_thresh if job.has_background else None)
-    class_emb = zeroshot.class_embeddings(loaded.model, loaded.params, tokenizer, job.class_names,
-                                          templates, config.input.max_len)
-    seg = inference.Segmenter(loaded.model, loaded.params, class_emb, units=units, unit_config=ucfg,
-                              protocol_config=pcfg, bg_thresh=bg,
-                              windows_per_device=args.windows_per_device)
+    seg = inference.make_segmenter(loaded.model, loaded.params, tokenizer, job.class_names, templates,
+                                   config.input.max_len, units=units, unit_config=ucfg,
+                                   protocol_config=pcfg, bg_thresh=bg,
+                                   windows_per_device=args.windows_per_device)
     accs = {u: metrics.ConfusionAccumulator(len(job.label_names)) for u in units}
     failures = {u: failure_modes.FailureModes() for u in units} if job.has_background else None
     per_image = {u: [] for u in units} if args.bootstrap and "adaptive" in units and len(units) > 1 else None

@@ -1,17 +1,21 @@
 """Export a trained checkpoint for downstream JAX code: one self-describing, pickle-free directory.
 
-  python -m mgca_jax.export --workdir=DIR [--checkpoint=DIR/checkpoints/STEP] --out=EXPORT_DIR [--overwrite]
+  python -m mgca_jax.export --workdir=DIR [--checkpoint=DIR/checkpoints/STEP] --out=EXPORT_DIR [--overwrite] [--jax_export]
 
 EXPORT_DIR holds params.safetensors (flat "/"-joined keys, no optimizer state),
 config.json (model, preprocessing, prompts, inference protocol, provenance,
 evaluation results), tokenizer.model, a README.md model card and SHA256SUMS.
-It is written under a temporary name next to --out and renamed when complete;
+--jax_export adds window_scorer.jax, a `jax.export` serialization of the
+per-window scorer at the default crop (`api.load_window_scorer`; compatibility
+window in config.json). It is written under a temporary name next to --out and renamed when complete;
 a non-empty --out is refused unless --overwrite is given. Load it with
 `mgca_jax.load(EXPORT_DIR)` (mgca_jax/api.py). Bad input ends with a one-line
 error naming the flag or file, exit status 2, nothing written.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import glob
 import json
 import os
@@ -89,6 +93,38 @@ def export_config(loaded: checkpoints.Loaded, workdir: str) -> dict:
     }
 
 
+JAX_EXPORT_COMPATIBILITY = (
+    "jax.export artifact (StableHLO): JAX promises that a newer JAX release, up to 6 months "
+    "younger than the serializing one, can deserialize and run it; an older release or a "
+    "longer gap is not promised (docs.jax.dev, export, 'Compatibility guarantees')")
+
+
+def window_scorer(loaded: checkpoints.Loaded, crop: int) -> tuple[bytes, dict]:
+    """The serialized per-window scorer at a fixed crop, and its config.json entry: the
+    function `inference.Segmenter` pmaps (all three units, the run's bg_thresh), with
+    the number of windows and of classes left symbolic."""
+    import jax
+    from jax import export
+
+    from mgca_jax import inference
+    c = loaded.config
+    fn = functools.partial(inference.window_unit_scores, loaded.model, inference.UNITS,
+                           inference.UnitConfig(), c.eval.bg_thresh)
+    n, classes = export.symbolic_shape("n, c")
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), loaded.params)
+    exported = export.export(jax.jit(fn))(
+        abstract, jax.ShapeDtypeStruct((n, crop, crop, 3), np.float32),
+        jax.ShapeDtypeStruct((classes, c.model.embed_dim), np.float32))
+    h, w = inference.patch_grid(loaded.model, (crop, crop))
+    entry = {"file": api.WINDOW_SCORER, "crop": crop, "units": list(inference.UNITS),
+             "unit_config": dataclasses.asdict(inference.UnitConfig()), "bg_thresh": c.eval.bg_thresh,
+             "inputs": f"params (params.safetensors' tree), crops float32[n, {crop}, {crop}, 3] "
+                       "normalised, class_emb float32[C, E] normalised",
+             "output": f"float32[{len(inference.UNITS)}, n, {h}, {w}, C] patch-grid scores",
+             "jax_version": jax.__version__, "compatibility": JAX_EXPORT_COMPATIBILITY}
+    return bytes(exported.serialize()), entry
+
+
 def model_card(meta: dict) -> str:
     prov, pre = meta["provenance"], meta["preprocessing"]
     ds = prov["dataset"]
@@ -116,7 +152,7 @@ def model_card(meta: dict) -> str:
 
 
 def write_export(loaded: checkpoints.Loaded, tokenizer_path: str, workdir: str, out: str,
-                 overwrite: bool = False) -> str:
+                 overwrite: bool = False, jax_export: bool = False) -> str:
     """Writes the export directory atomically; returns its path."""
     from safetensors.numpy import save_file
     out = os.path.abspath(out)
@@ -127,6 +163,10 @@ def write_export(loaded: checkpoints.Loaded, tokenizer_path: str, workdir: str, 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     meta = export_config(loaded, workdir)
+    files = api.FILES
+    if jax_export:
+        scorer, meta["jax_export"] = window_scorer(loaded, meta["protocol"]["crop"])
+        files = files + (api.WINDOW_SCORER,)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
         save_file({k: np.asarray(v) for k, v in api.flatten(loaded.params).items()}, os.path.join(tmp, api.PARAMS),
@@ -136,8 +176,11 @@ def write_export(loaded: checkpoints.Loaded, tokenizer_path: str, workdir: str, 
         shutil.copyfile(tokenizer_path, os.path.join(tmp, api.TOKENIZER))
         with open(os.path.join(tmp, api.CARD), "w") as f:
             f.write(model_card(meta))
+        if jax_export:
+            with open(os.path.join(tmp, api.WINDOW_SCORER), "wb") as f:
+                f.write(scorer)
         with open(os.path.join(tmp, api.SUMS), "w") as f:
-            f.writelines(f"{api.sha256(os.path.join(tmp, n))}  {n}\n" for n in api.FILES)
+            f.writelines(f"{api.sha256(os.path.join(tmp, n))}  {n}\n" for n in files)
         os.chmod(tmp, 0o755)
         if os.path.isdir(out):                 # --overwrite (or empty): swap, then drop the old one
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
@@ -159,6 +202,8 @@ def main(argv=None):
     p.add_argument("--tokenizer", help="SentencePiece model (default: the run's)")
     p.add_argument("--out", required=True, help="export directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--jax_export", action="store_true",
+                   help=f"also serialize the per-window scorer at the default crop ({api.WINDOW_SCORER})")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
@@ -167,7 +212,7 @@ def main(argv=None):
         loaded = checkpoints.load(args.workdir, args.checkpoint)
         tok_path = checkpoints.load_tokenizer(loaded.config, args.tokenizer).model_path
         workdir = args.workdir or os.path.dirname(os.path.dirname(os.path.normpath(args.checkpoint)))
-        path = write_export(loaded, tok_path, workdir, out, args.overwrite)
+        path = write_export(loaded, tok_path, workdir, out, args.overwrite, args.jax_export)
     except (checkpoints.CheckpointError, api.ExportError) as e:
         fail(e)
     print(f"exported step {loaded.step} of {loaded.path} -> {path}", flush=True)

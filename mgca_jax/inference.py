@@ -14,7 +14,9 @@ The unit functions are pure and shape-static (they jit, vmap and pmap).
 `Segmenter` runs them with the field protocol of `evaluation/protocol.py`
 (resize the short side, sliding windows, stitching, background rule): the
 windows of a list of images are batched together and sharded over local
-devices with `jax.pmap`. docs/method.md ("Inference: prediction units") states
+devices with `jax.pmap`. `make_segmenter` is the one inference path: the
+trainer's evaluation, `evaluate`, `segment` and `mgca_jax.load` all build their
+predict functions with it. docs/method.md ("Inference: prediction units") states
 the rules, their defaults and their cost.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgca_jax.evaluation import protocol
+from mgca_jax.evaluation import protocol, zeroshot
 from mgca_jax.losses import l2_normalize, soft_kmeans
 from mgca_jax.models import vit
 
@@ -65,6 +67,19 @@ class ProtocolConfig:
     max_long: int = 2048
     crop: int = 448
     stride: int = 224
+
+
+FIELD_TRAIN_SIZE = 224     # the field trains at 224 and scores with ProtocolConfig()
+
+
+def default_protocol(train_size: int | None = None) -> tuple[int, int, int]:
+    """(short side, crop, stride): the field's for a benchmark; for a model trained at
+    `train_size` the same ratios to the training size as 448/448/224 to 224."""
+    d = ProtocolConfig()
+    field = (d.short_side, d.crop, d.stride)
+    if not train_size:
+        return field
+    return tuple(train_size * v // FIELD_TRAIN_SIZE for v in field)
 
 
 # --------------------------------------------------------------------------- units
@@ -249,7 +264,9 @@ class Segmenter:
         d, outs = len(self.devices), []
         for start in range(0, crops.shape[0], d * self.windows_per_device):
             chunk = crops[start:start + d * self.windows_per_device]
-            per_device = -(-chunk.shape[0] // d)
+            # Always whole calls of d x windows_per_device: one program per window size, and
+            # labels that do not depend on how the caller batches its images.
+            per_device = self.windows_per_device
             padded = np.zeros((d * per_device,) + chunk.shape[1:], np.float32)
             padded[:chunk.shape[0]] = chunk
             res = np.asarray(self._fn(self._params, padded.reshape((d, per_device) + chunk.shape[1:]),
@@ -257,6 +274,12 @@ class Segmenter:
             res = np.moveaxis(res, 0, 1).reshape((len(self.units), d * per_device) + res.shape[3:])
             outs.append(res[:, :chunk.shape[0]])
         return np.concatenate(outs, axis=1)
+
+    def predict_fn(self, unit: str | None = None):
+        """images (uint8, any sizes) -> list of [H, W] int32 labels of `unit` (default: the
+        first): the predict function that evaluators receive."""
+        k = self.units.index(unit or self.units[0])
+        return lambda images: [labels[k] for labels in self.segment(list(images))]
 
     def _windows(self, image):
         img = np.asarray(image)
@@ -294,3 +317,17 @@ class Segmenter:
             if return_logits:
                 logits.append(np.stack(per_unit_logits))
         return (labels, logits) if return_logits else labels
+
+
+def make_segmenter(model, params, tokenizer, class_names: Sequence[str], templates: Sequence[str],
+                   max_len: int, *, units: Sequence[str] = ("adaptive",),
+                   protocol_config: ProtocolConfig = ProtocolConfig(),
+                   unit_config: UnitConfig = UnitConfig(), bg_thresh: float | None = None,
+                   windows_per_device: int = 4, devices=None) -> Segmenter:
+    """The one inference path: class embeddings of the prompt ensemble, then a `Segmenter`.
+    The trainer's evaluation, `evaluate`, `segment` and `mgca_jax.load` all call this."""
+    class_emb = zeroshot.class_embeddings(model, params, tokenizer, tuple(class_names),
+                                          tuple(templates), max_len)
+    return Segmenter(model, params, class_emb, units=units, unit_config=unit_config,
+                     protocol_config=protocol_config, bg_thresh=bg_thresh, devices=devices,
+                     windows_per_device=windows_per_device)

@@ -83,7 +83,7 @@ def main(argv=None):
         fail(e)
     # Defaults follow the training size (the field's 448/448/224 for a model trained at 224).
     pcfg = cli_utils.protocol_config(args, *default_protocol(loaded.config.input.image_size))
-    from mgca_jax.evaluation import benchmarks, protocol, visualize, zeroshot
+    from mgca_jax.evaluation import benchmarks, protocol, visualize
     try:
         templates = protocol.get_templates(args.templates or loaded.config.eval.templates)
     except ValueError as e:
@@ -93,11 +93,10 @@ def main(argv=None):
     with open(os.path.join(args.out_dir, "label_names.json"), "w") as f:
         json.dump(dict(enumerate(label_names)), f, indent=1)
 
-    class_emb = zeroshot.class_embeddings(loaded.model, loaded.params, tokenizer, classes, templates,
-                                          loaded.config.input.max_len)
-    seg = inference.Segmenter(loaded.model, loaded.params, class_emb, units=(args.unit,),
-                              unit_config=ucfg, protocol_config=pcfg, bg_thresh=bg,
-                              windows_per_device=args.windows_per_device)
+    seg = inference.make_segmenter(loaded.model, loaded.params, tokenizer, classes, templates,
+                                   loaded.config.input.max_len, units=(args.unit,), unit_config=ucfg,
+                                   protocol_config=pcfg, bg_thresh=bg,
+                                   windows_per_device=args.windows_per_device)
     progress = cli_utils.Progress("segment", len(files))
     todo = list(zip(files, output_names(files)))
     chunk = len(seg.devices) * args.windows_per_device

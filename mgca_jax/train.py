@@ -9,6 +9,7 @@ mesh; the loss terms gather negatives across devices inside `jax.shard_map`
 which writes each step into a temporary directory and renames it when
 complete, so a crash never leaves a checkpoint that gets restored half-written.
 """
+import dataclasses
 import json
 import os
 import signal
@@ -20,10 +21,10 @@ import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
 
-from mgca_jax import losses, sharding
+from mgca_jax import inference, losses, sharding
 from mgca_jax.config_check import check_config, check_vocab
 from mgca_jax.data import input_pipeline
-from mgca_jax.evaluation import zeroshot
+from mgca_jax.evaluation import protocol, zeroshot
 from mgca_jax.models.two_tower import make_model
 
 
@@ -159,20 +160,43 @@ def eval_splits(config, builder):
     return splits
 
 
+EVAL_UNIT = "adaptive"      # the method's unit, scored as `python -m mgca_jax.evaluate` does
+
+
+def eval_protocol(config) -> inference.ProtocolConfig:
+    """The model's default protocol (`evaluate --dataset=embedded`'s, from the training size)."""
+    short, crop, stride = inference.default_protocol(config.input.image_size)
+    return inference.ProtocolConfig(short_side=short, crop=crop, stride=stride)
+
+
 def evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writer):
-    """Scores every split of `eval_splits`; returns config.data.eval_split's result
-    with all of them under "splits"."""
+    """Scores every split of `eval_splits` with the adaptive unit at the default protocol,
+    through the predict function the tools use (`inference.make_segmenter`); returns
+    config.data.eval_split's result with all of them under "splits"."""
+    with jax.set_mesh(None):        # the Segmenter pmaps over local devices, not the train mesh
+        return _evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writer)
+
+
+def _evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writer):
     class_names = eval_class_names(config)
-    params = host_params(params)
+    pcfg = eval_protocol(config)
+    segmenter = inference.make_segmenter(
+        model, jax.device_get(host_params(params)), tokenizer, class_names,   # as a checkpoint reads
+        protocol.get_templates(config.eval.templates), config.input.max_len,
+        units=(EVAL_UNIT,), protocol_config=pcfg, bg_thresh=config.eval.bg_thresh)
+    label_names = ("background",) + tuple(class_names)
+    setting = (f"{EVAL_UNIT} unit, protocol short side {pcfg.short_side}, "
+               f"windows {pcfg.crop}/{pcfg.stride}")
     results = {}
     for split in eval_splits(config, builder):
         batches = input_pipeline.as_numpy(input_pipeline.eval_dataset(config, builder, ctx, split))
         name = "" if split == config.data.eval_split else f"{split}_"
         grid = os.path.join(workdir, f"segmentation_{name}step{step}.png")
-        res = zeroshot.evaluate(model, params, batches, tokenizer, class_names, config,
-                                grid_path=grid if jax.process_index() == 0 else None)
-        print(f"zero-shot segmentation, {split} split, step {step} ({res['seconds']:.1f}s):\n"
-              f"{res['table']}", flush=True)
+        res = zeroshot.evaluate(segmenter.predict_fn(), batches, label_names,
+                                grid_path=grid if jax.process_index() == 0 else None,
+                                num_examples=config.eval.num_examples)
+        print(f"zero-shot segmentation, {split} split, step {step}, {setting} "
+              f"({res['seconds']:.1f}s):\n{res['table']}", flush=True)
         results[split] = res
     main = dict(results[config.data.eval_split], splits=results)
     writer.write_scalars(step, {"eval/miou" if s == config.data.eval_split else f"eval/miou_{s}":
@@ -183,7 +207,9 @@ def evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writ
                      for s, r in results.items()}
         # Top-level miou/iou: config.data.eval_split's (what earlier readers expect).
         _write_json(os.path.join(workdir, f"eval_step{step}.json"),
-                    {"step": step, **per_split[config.data.eval_split], "splits": per_split})
+                    {"step": step, **per_split[config.data.eval_split], "splits": per_split,
+                     "unit": EVAL_UNIT, "protocol": dataclasses.asdict(pcfg),
+                     "bg_thresh": config.eval.bg_thresh})
     return main
 
 

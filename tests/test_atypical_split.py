@@ -211,21 +211,41 @@ def test_trainer_scores_both_validation_splits(trained):
         assert 0.0 <= split["miou"] <= 1.0 and "circle" in split["iou"]
     assert (wd / "segmentation_validation_atypical_step6.png").stat().st_size > 1000
     # The atypical figure is that of the atypical scenes: a float64 re-count of the final
-    # checkpoint's pixel-unit labels on the 64 scenes drawn straight from the generator.
-    from mgca_jax import checkpoints
-    from mgca_jax.evaluation import protocol, zeroshot
+    # checkpoint's labels on the 64 scenes drawn straight from the generator, through the
+    # shared predict function (adaptive unit, the default protocol of a 32 px model).
+    from mgca_jax import checkpoints, inference
+    from mgca_jax.evaluation import protocol
     loaded = checkpoints.load(str(wd), None)
     assert loaded.step == 6
+    assert res["unit"] == "adaptive" and res["protocol"]["short_side"] == 64
     tok = checkpoints.load_tokenizer(loaded.config)
-    emb = zeroshot.class_embeddings(loaded.model, loaded.params, tok, scenes.CLASS_NAMES,
-                                    protocol.get_templates(loaded.config.eval.templates),
-                                    loaded.config.input.max_len)
+    seg = inference.make_segmenter(loaded.model, loaded.params, tok, scenes.CLASS_NAMES,
+                                   protocol.get_templates(loaded.config.eval.templates),
+                                   loaded.config.input.max_len,
+                                   protocol_config=inference.ProtocolConfig(64, 2048, 64, 32),
+                                   bg_thresh=loaded.config.eval.bg_thresh)
     exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(64)]
-    images = np.stack([protocol.normalize(e["image"]) for e in exs])
-    preds = np.asarray(zeroshot.predict(loaded.model, loaded.params, images, emb,
-                                        loaded.config.eval.bg_thresh))
+    preds = seg.predict_fn()([e["image"] for e in exs])
     assert res["splits"]["validation_atypical"]["miou"] == pytest.approx(
         _miou(preds, [e["mask"] for e in exs]), abs=1e-6)
+
+
+def test_trainer_figure_equals_evaluate_workdir_and_export(trained, tmp_path):
+    """One inference path: the trainer's reported validation mIoU is, to the last bit,
+    `evaluate --workdir` with the adaptive unit at the default protocol, and the same
+    through `evaluate --export` (benchmarks/export_parity.py runs both, and checks
+    bit-identical encodings and equal labels)."""
+    wd, data, _ = trained
+    trainer = json.loads((wd / "eval_step6.json").read_text())["miou"]
+    out = tmp_path / "parity.json"
+    proc = _run("benchmarks/export_parity.py", f"--workdir={wd}", f"--export={tmp_path / 'export'}",
+                f"--data_dir={data}", "--images=3", f"--out={out}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    fig = json.loads(out.read_text())
+    assert fig["miou_protocol"]["short_side"] == 64 and fig["miou_images"] > 0
+    assert fig["miou_workdir"] == fig["miou_export"] == trainer
+    assert fig["encode_image_max_abs_diff"] == fig["encode_text_max_abs_diff"] == 0.0
+    assert fig["segment_labels_equal_fraction"] == 1.0 and fig["parity"] is True
 
 
 def _miou(preds, gts):

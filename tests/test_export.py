@@ -20,7 +20,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 import mgca_jax  # noqa: E402
 from mgca_jax import api, checkpoints, inference  # noqa: E402
 from mgca_jax.data import scenes  # noqa: E402
-from mgca_jax.evaluation import protocol, zeroshot  # noqa: E402
+from mgca_jax.evaluation import protocol  # noqa: E402
 
 from test_inference_cli import FAST, random_run, voc_dir  # noqa: E402,F401  (shared fixtures)
 
@@ -124,13 +124,12 @@ def test_parity_with_the_orbax_path(model, workdir):
     np.testing.assert_array_equal(model.encode_text(texts), ref_t["text_embed"])
     # Segmentation labels: the orbax path through the same Segmenter the tools use.
     templates = protocol.get_templates(loaded.config.eval.templates)
-    emb = zeroshot.class_embeddings(loaded.model, loaded.params, tok, CLASSES, templates,
-                                    loaded.config.input.max_len)
-    seg = inference.Segmenter(loaded.model, loaded.params, emb, units=("adaptive",),
-                              protocol_config=inference.ProtocolConfig(64, 256, 64, 32),
-                              bg_thresh=loaded.config.eval.bg_thresh)
+    seg = inference.make_segmenter(loaded.model, loaded.params, tok, CLASSES, templates,
+                                   loaded.config.input.max_len,
+                                   protocol_config=inference.ProtocolConfig(64, 256, 64, 32),
+                                   bg_thresh=loaded.config.eval.bg_thresh)
     big = images(2, 80)
-    want = [labels[0] for labels in seg.segment(big)]
+    want = seg.predict_fn()(big)
     got = model.segment(big, CLASSES)
     for g, w, img in zip(got, want, big):
         assert g.shape == img.shape[:2] and g.dtype == np.int32
@@ -186,25 +185,19 @@ def test_downstream_jit_grad_vmap(model):
     np.testing.assert_allclose(per_image, out, rtol=1e-5, atol=1e-6)
 
 
-def test_api_does_not_import_tensorflow(export_dir):
-    script = textwrap.dedent(f"""
-        import sys, time
-        t0 = time.time()
-        import mgca_jax
-        m = mgca_jax.load({str(export_dir)!r})
-        t1 = time.time()
-        import numpy as np
-        img = np.zeros((40, 50, 3), np.uint8)
-        m.encode_text(["a circle"]); m.segment([img], ["circle"])
-        t2 = time.time()
-        bad = [k for k in sys.modules if k.split(".")[0] in ("tensorflow", "tensorflow_text",
-                                                              "tensorflow_datasets")]
-        print(f"import+load {{t1 - t0:.2f}} s, first encode+segment {{t2 - t1:.2f}} s; {{bad}}")
-        sys.exit(1 if bad else 0)
-    """)
-    r = run("-c", script)
+def test_api_does_not_import_tensorflow(export_dir, tmp_path):
+    """benchmarks/api_timing.py in a fresh process: import mgca_jax, load, and first and
+    later calls of encode_text, encode_image and segment, without TensorFlow."""
+    out = tmp_path / "timing.json"
+    r = run("benchmarks/api_timing.py", f"--export={export_dir}", "--repeat=1", f"--out={out}")
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
+    fig = json.loads(out.read_text())
+    assert fig["tensorflow_imported"] == []
+    for call in ("encode_text", "encode_image", "segment"):
+        assert 0 < fig[f"{call}_later_s"] and 0 < fig[f"{call}_first_s"] < fig["process_s"]
+    r = run("benchmarks/api_timing.py", f"--export={tmp_path / 'nope'}")
+    assert r.returncode == 2 and "--export" in r.stderr
 
 
 def copy_export(export_dir, tmp_path):
@@ -306,3 +299,43 @@ def test_tools_read_an_export_like_the_workdir(workdir, export_dir, voc_dir, tmp
             "--classes=circle,square", f"--out_dir={out}")
     assert r.returncode == 0, r.stderr
     assert (out / "2008_000000_labels.png").exists()
+
+
+def test_parity_script_reports_a_mismatch(export_dir, tmp_path):
+    """benchmarks/export_parity.py exits 1 when the export is not the workdir's model
+    (another random run), and 2 naming --workdir when that is not a run."""
+    other = random_run(tmp_path, step=7, seed=4)
+    r = run("benchmarks/export_parity.py", f"--workdir={other}", f"--export={export_dir}",
+            "--skip_miou", "--images=2")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "encode_image max |diff| 0 " not in r.stdout and "MISMATCH" in r.stdout
+    r = run("benchmarks/export_parity.py", f"--workdir={tmp_path / 'nope'}")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--workdir" in r.stderr
+
+
+def test_jax_export_window_scorer_matches_the_segmenter(workdir, tmp_path):
+    """`export --jax_export`: the deserialized per-window scorer (symbolic window and class
+    counts) gives the Segmenter's window scores for all three units."""
+    out = tmp_path / "jx"
+    r = run("-m", "mgca_jax.export", f"--workdir={workdir}", f"--out={out}", "--jax_export")
+    assert r.returncode == 0, r.stderr
+    model = mgca_jax.load(str(out))
+    entry = model.meta["jax_export"]
+    assert entry["crop"] == model.meta["protocol"]["crop"] and "6 months" in entry["compatibility"]
+    scorer = api.load_window_scorer(str(out))
+    crop = entry["crop"]
+    crops = np.stack([protocol.normalize(i) for i in images(5, crop, seed=9)])
+    for classes in (CLASSES, CLASSES[:2]):
+        emb = model.class_embeddings(classes)
+        got = np.asarray(scorer.call(model.params, jnp.asarray(crops), emb))
+        seg = inference.Segmenter(model.module, model.params, emb, units=inference.UNITS,
+                                  bg_thresh=entry["bg_thresh"], windows_per_device=2)
+        want = seg.window_scores(crops)
+        assert got.shape == want.shape == (3, 5, crop // 8, crop // 8, len(classes))
+        assert np.ptp(want) > 0.1
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    data = bytearray((out / api.WINDOW_SCORER).read_bytes())
+    data[len(data) // 2] ^= 0xFF                                 # one flipped byte
+    (out / api.WINDOW_SCORER).write_bytes(bytes(data))
+    with pytest.raises(api.ExportError, match="window_scorer.jax: SHA-256"):
+        api.load_window_scorer(str(out))

@@ -104,21 +104,30 @@ def _iou_reference(pred, gt, n):
     return np.array(iou)
 
 
-def test_evaluate_matches_a_float64_rederivation(hand):
+def test_evaluate_matches_a_float64_rederivation(hand, tmp_path):
+    """zeroshot.evaluate over the shared predict function (inference.make_segmenter, what
+    the trainer builds) on uint8 8x8 images, one 8x8 window, pixel unit, with the
+    background rule: labels and IoUs re-derived in float64."""
+    from mgca_jax import inference
     model, params, tok, table = hand
+    params = {**params, "image_tower": {"pos_embedding": jnp.zeros((1, 16, 3))}}   # 4x4 grid
     rng = np.random.default_rng(1)
-    images = rng.uniform(-1, 1, size=(5, 8, 8, 3)).astype(np.float32)
+    images = rng.integers(0, 256, size=(5, 8, 8, 3), dtype=np.uint8)
     masks = rng.integers(0, 4, size=(5, 8, 8)).astype(np.int32)
     masks[:, 0, :3] = 255                                       # ignored pixels
     bg = 0.55
-    config = ml_collections.ConfigDict(dict(
-        eval=dict(templates="subset", bg_thresh=bg, num_examples=0), input=dict(max_len=8)))
+    seg = inference.make_segmenter(model, params, tok, CLASSES, TEMPLATES, 8, units=("pixel",),
+                                   protocol_config=inference.ProtocolConfig(8, 2048, 8, 8),
+                                   bg_thresh=bg, windows_per_device=1)
     batches = [{"image": images[:3], "mask": masks[:3]}, {"image": images[3:], "mask": masks[3:]}]
-    res = zeroshot.evaluate(model, params, batches, tok, CLASSES, config)
+    grid = tmp_path / "grid.png"
+    res = zeroshot.evaluate(seg.predict_fn(), batches, ("background",) + CLASSES,
+                            grid_path=str(grid), num_examples=4)
+    assert grid.stat().st_size > 500
 
-    class_emb = reference_class_embeddings(table)
-    x = images.astype(np.float64).reshape(5, 4, 2, 4, 2, 3).mean(axis=(2, 4))
-    scores = _norm(x) @ class_emb.T                             # [5, 4, 4, 3]
+    mean, std = np.array(protocol.IMAGENET_MEAN), np.array(protocol.IMAGENET_STD)
+    x = ((images - mean) / std).reshape(5, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+    scores = _norm(x) @ reference_class_embeddings(table).T     # [5, 4, 4, 3]
     up = np.stack([_upsample_bilinear(s, 8, 8) for s in scores])
     full = np.concatenate([np.full(up.shape[:-1] + (1,), bg), up], axis=-1)
     top2 = np.sort(full, axis=-1)[..., -2:]
@@ -129,6 +138,32 @@ def test_evaluate_matches_a_float64_rederivation(hand):
     assert res["label_names"] == ("background",) + CLASSES
     np.testing.assert_allclose(res["iou"], iou, atol=1e-12)
     assert res["miou"] == pytest.approx(np.nanmean(iou), abs=1e-12)
+    with pytest.raises(ValueError, match="uint8"):              # normalised input is refused
+        zeroshot.evaluate(seg.predict_fn(), [{"image": images.astype(np.float32), "mask": masks}],
+                          ("background",) + CLASSES)
+
+
+def test_labels_do_not_depend_on_the_callers_batching(hand):
+    """The trainer (eval batches) and `evaluate` (device-sized chunks) hand the Segmenter
+    different numbers of images; every call runs whole d x windows_per_device windows, so
+    the labels, hence the mIoU, agree to the last bit."""
+    from mgca_jax import inference
+    model, params, tok, _ = hand
+    params = {**params, "image_tower": {"pos_embedding": jnp.zeros((1, 16, 3))}}
+    images = np.random.default_rng(3).integers(0, 256, size=(7, 8, 8, 3), dtype=np.uint8)
+    seg = inference.make_segmenter(model, params, tok, CLASSES, TEMPLATES, 8, units=("adaptive",),
+                                   protocol_config=inference.ProtocolConfig(8, 2048, 8, 8),
+                                   bg_thresh=0.55, windows_per_device=3)
+    shapes, fn = [], seg._fn
+    seg._fn = lambda p, crops, emb: shapes.append(crops.shape) or fn(p, crops, emb)
+    predict = seg.predict_fn()
+    whole = predict(images)
+    for chunks in ((1, 6), (2, 2, 3), (5, 2)):
+        parts = np.split(images, np.cumsum(chunks)[:-1])
+        got = [p for part in parts for p in predict(part)]
+        for a, b in zip(whole, got):
+            np.testing.assert_array_equal(a, b)
+    assert set(shapes) == {(len(seg.devices), 3, 8, 8, 3)}     # every call: whole device batches
 
 
 def test_trivial_baselines_hand_case():
@@ -149,7 +184,8 @@ def test_trivial_baselines_hand_case():
 def test_evaluate_embedded_job_matches_a_float64_rederivation(hand):
     """`python -m mgca_jax.evaluate --dataset=embedded`'s scoring (evaluate_job with the
     embedded world's label convention: 0 = background, class c = label c + 1) on 8x8
-    images scored as one 8x8 window by the pixel unit."""
+    images scored as one 8x8 window by the pixel unit; it is test_evaluate_matches_a_float64_
+    rederivation's reference, reached through the CLI's job runner."""
     import types
 
     from mgca_jax import evaluate

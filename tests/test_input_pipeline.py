@@ -64,6 +64,7 @@ def test_training_input_has_no_masks(setup):
     assert batch["object_mask"].any(axis=1).all()  # every scene caption names an object
     ev = next(input_pipeline.as_numpy(input_pipeline.eval_dataset(config, builder, ctx)))
     assert set(ev) == {"image", "mask"} and ev["mask"].shape == (32, 32, 32)
+    assert ev["image"].dtype == np.uint8         # the predict function normalises
 
 
 def test_resume_gives_the_same_batches(setup):

@@ -1,19 +1,20 @@
-"""Zero-shot segmentation with the pixel (patch) unit, used by the trainer.
+"""Zero-shot evaluation: prompt-ensemble class embeddings, and the mIoU of a predict function.
 
-Class names -> prompt ensemble -> one normalised text embedding per class.
-Image -> normalised patch embeddings -> cosine with each class -> upsampled
-to image size. A pixel is background when its best class score is below
-`bg_thresh` (TCL's rule: a constant map in front of the class scores).
+Class names -> prompt ensemble -> one normalised text embedding per class
+(`class_embeddings`). `evaluate` receives a predict function (uint8 images ->
+label maps), never a model: the trainer, `python -m mgca_jax.evaluate` and
+`mgca_jax.load` build theirs with `inference.make_segmenter`, the one
+inference path. `patch_scores` (raw cosines on the patch grid) is kept for
+diagnostics.
 """
 import functools
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mgca_jax.evaluation import metrics, protocol, visualize
+from mgca_jax.evaluation import metrics
 from mgca_jax.losses import l2_normalize
 
 
@@ -32,55 +33,45 @@ def _encode_text(model, params, tokens):
 
 
 def patch_scores(model, params, images, class_emb):
-    """images [B, H, W, 3] -> cosine scores [B, h, w, C] on the patch grid."""
+    """Normalised images [B, H, W, 3] -> cosine scores [B, h, w, C] on the patch grid."""
     out = model.apply({"params": params}, images, method=model.encode_image)
     h, w = out["grid"]
     patches = l2_normalize(out["patch_embed"])
     return (patches @ class_emb.T).reshape(images.shape[0], h, w, -1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def predict(model, params, images, class_emb, bg_thresh=None):
-    """images [B, H, W, 3] -> labels [B, H, W] (0 = background when bg_thresh is set)."""
-    scores = patch_scores(model, params, images, class_emb)
-    b, h, w = images.shape[:3]
-    scores = jax.image.resize(scores, (b, h, w, scores.shape[-1]), "linear")
-    return jax.vmap(lambda s: protocol.predict_labels(s, bg_thresh))(scores)
+def evaluate(predict_fn, batches, label_names, grid_path=None, num_examples=8):
+    """mIoU of `predict_fn` (uint8 images [B, H, W, 3] -> B label maps [H, W]) over
+    `batches` ({image: uint8, mask}); label i is label_names[i].
 
-
-def denormalize(images) -> np.ndarray:
-    img = np.asarray(images) * np.asarray(protocol.IMAGENET_STD) + np.asarray(protocol.IMAGENET_MEAN)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def evaluate(model, params, batches, tokenizer, class_names, config, grid_path=None, log=print):
-    """mIoU of the pixel unit over `batches` ({image, mask}); label 0 is background.
-
-    Returns dict(miou, iou, table, seconds). Writes a PNG grid when grid_path is set.
+    Returns dict(miou, iou, acc, table, label_names, seconds). Writes a PNG grid of
+    the first `num_examples` images when grid_path is set.
     """
     start = time.time()
-    templates = protocol.get_templates(config.eval.templates)
-    class_emb = class_embeddings(model, params, tokenizer, class_names, templates,
-                                 config.input.max_len)
-    label_names = ("background",) + tuple(class_names)
+    label_names = tuple(label_names)
     acc = metrics.ConfusionAccumulator(len(label_names))
     shown = {"images": [], "gts": [], "preds": []}
     for batch in batches:
-        pred = np.asarray(predict(model, params, jnp.asarray(batch["image"]), class_emb,
-                                  config.eval.bg_thresh))
-        acc.update(pred, batch["mask"])
-        if grid_path and len(shown["images"]) < config.eval.num_examples:
-            n = config.eval.num_examples - len(shown["images"])
-            shown["images"].extend(denormalize(batch["image"][:n]))
+        images = np.asarray(batch["image"])
+        if images.dtype != np.uint8:
+            raise ValueError(f"evaluate: expected uint8 images, got {images.dtype} "
+                             "(drop `normalize` from the eval preprocessing)")
+        preds = [np.asarray(p) for p in predict_fn(images)]
+        for pred, gt in zip(preds, batch["mask"]):
+            acc.update(pred, gt)
+        if grid_path and len(shown["images"]) < num_examples:
+            n = num_examples - len(shown["images"])
+            shown["images"].extend(images[:n])
             shown["gts"].extend(batch["mask"][:n])
-            shown["preds"].extend(pred[:n])
+            shown["preds"].extend(preds[:n])
     result = acc.compute()
     table = metrics.format_table(label_names, result["iou"], result["miou"], result["acc"])
     if grid_path:
+        from mgca_jax.evaluation import visualize
         os.makedirs(os.path.dirname(grid_path) or ".", exist_ok=True)
         visualize.save_grid(grid_path, shown["images"], shown["gts"], shown["preds"], label_names)
-    return {"miou": float(result["miou"]), "iou": result["iou"], "table": table,
-            "label_names": label_names, "seconds": time.time() - start}
+    return {"miou": float(result["miou"]), "iou": result["iou"], "acc": float(result["acc"]),
+            "table": table, "label_names": label_names, "seconds": time.time() - start}
 
 
 def trivial_baselines(batches, num_labels):
