@@ -110,17 +110,23 @@ class WorkdirLock:
 
 # --- restoring past unreadable checkpoints
 
-def _shape_mismatch(mngr, step, target):
-    """A one-line message naming the first param whose saved shape differs, else None.
-    Raises whatever orbax raises when the metadata itself cannot be read."""
-    saved = mngr.item_metadata(step)
-    saved = getattr(saved, "tree", saved)
-    want_leaves = jax.tree_util.tree_leaves_with_path(target)
-    saved_flat = {jax.tree_util.keystr(p): m for p, m in
-                  jax.tree_util.tree_leaves_with_path(dict(saved))}
-    for path, want in want_leaves:
+def _plain(path) -> tuple:
+    """A tree path as plain names (orbax saves named tuples as dicts)."""
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _shape_mismatch(directory, step, target):
+    """A one-line message naming the first param (params first) whose saved shape differs,
+    else None. Raises whatever orbax raises when the metadata cannot be read."""
+    with ocp.StandardCheckpointer() as ckptr:
+        saved = ckptr.metadata(os.path.join(directory, str(step), "default"))
+    saved = getattr(saved, "item_metadata", saved)
+    saved_flat = {_plain(p): m for p, m in
+                  jax.tree_util.tree_leaves_with_path(dict(getattr(saved, "tree", saved)))}
+    leaves = jax.tree_util.tree_leaves_with_path(target)
+    for path, want in sorted(leaves, key=lambda pw: pw[0][0].key != "params"):
         key = jax.tree_util.keystr(path)
-        got = saved_flat.get(key)
+        got = saved_flat.get(_plain(path))
         if got is None:
             return f"{key} is missing from the checkpoint, the config builds {tuple(want.shape)}"
         if tuple(got.shape) != tuple(want.shape):
@@ -151,7 +157,7 @@ def restore_newest_readable(mngr, target):
     steps = sorted(mngr.all_steps(), reverse=True)
     for step in steps:
         try:
-            mismatch = _shape_mismatch(mngr, step, target)
+            mismatch = _shape_mismatch(directory, step, target)
         except Exception as e:  # noqa: BLE001  orbax raises many types for bad files
             mismatch, error = None, e
         else:
