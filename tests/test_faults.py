@@ -54,7 +54,7 @@ def file_times(root):
 def test_nonfinite_loss_stops_without_saving_it(data_dir, tmp_path):
     workdir = str(tmp_path / "nan")
     proc = run_main(workdir, data_dir, "--config.lr=1e12", "--config.grad_clip=0",
-                    "--config.total_steps=8", "--config.log_every=4")
+                    "--config.total_steps=8", "--config.log_every=100")
     assert proc.returncode == 3, proc.stderr[-3000:]
     lines = error_lines(proc)
     assert len(lines) == 1 and lines[0].startswith("error: non-finite "), proc.stderr[-3000:]
@@ -190,3 +190,39 @@ def test_second_trainer_on_a_workdir_exits_and_stale_lock_does_not_block(data_di
     config.total_steps = saved_steps(workdir)[-1] + 1
     train.train_and_evaluate(config, workdir)
     assert saved_steps(workdir)[-1] == config.total_steps
+
+
+def test_sigterm_on_one_of_two_processes_stops_both_at_the_same_step(data_dir, tmp_path):
+    """2 processes x 4 CPU devices through jax.distributed; only process 1 gets SIGTERM."""
+    from test_multiprocess import free_port
+    workdir = str(tmp_path / "wd")
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+                   JAX_COORDINATOR_ADDRESS=coordinator,
+                   XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        procs.append(subprocess.Popen(
+            main_args(workdir, data_dir, "--config.total_steps=100000", "--config.log_every=1",
+                      "--config.checkpoint_every=1000"),
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        lines = []
+        for line in procs[0].stdout:
+            lines.append(line)
+            if line.startswith("step 3/"):
+                break
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    outs[0] = ("".join(lines) + outs[0][0], outs[0][1])
+    saved = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        saved.append([int(l.split()[3].rstrip(",")) for l in out.splitlines()
+                      if l.startswith("SIGTERM: saved step")])
+    assert len(saved[0]) == 1 and saved[0] == saved[1], outs
+    assert saved_steps(workdir) == saved[0]
+    assert int(restore(workdir, saved[0][0])["step"]) == saved[0][0] >= 3
