@@ -120,7 +120,9 @@ def main(argv=None):
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=120)
         done = complete_steps(faulted)
-        if kind == "corrupt_newest" and done:
+        if kind == "corrupt_newest" and len(done) < 2:
+            kind = "kill9"             # no older checkpoint to fall back to (that is an error)
+        if kind == "corrupt_newest":
             corrupt(os.path.join(faulted, "checkpoints", str(done[-1])))
             done = done[:-1]
         pending_resume = done[-1] if done else 0

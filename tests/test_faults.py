@@ -225,4 +225,4 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_the_same_step(data_dir, t
                       if l.startswith("SIGTERM: saved step")])
     assert len(saved[0]) == 1 and saved[0] == saved[1], outs
     assert saved_steps(workdir) == saved[0]
-    assert int(restore(workdir, saved[0][0])["step"]) == saved[0][0] >= 3
+    assert saved[0][0] >= 3
