@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+# The trainers run on 2 host devices; restoring their checkpoints here needs the same topology.
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 FAULTS = ("kill9", "kill9_in_save", "sigterm", "corrupt_newest")
 EVERY = 2         # checkpoint_every
