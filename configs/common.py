@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.05
     c.warmup_steps = 100
     c.grad_clip = 5.0
+    c.nonfinite = "stop"          # non-finite loss/gradient: "stop" (exit 3) or "skip_step"
     c.b2 = 0.98
 
     c.data = ml_collections.ConfigDict()

@@ -20,6 +20,9 @@ DATA_SETS = ("mgca_scenes", "cc3m")  # what the input pipeline reads
 
 def check_config(config, num_devices: int) -> None:
     """Raises ConfigError before anything is read or written."""
+    if config.get("nonfinite", "stop") not in ("stop", "skip_step"):
+        raise ConfigError(f"config.nonfinite: unknown mode {config.nonfinite!r}; "
+                          "use 'stop' or 'skip_step'")
     if config.data.name not in DATA_SETS:
         raise ConfigError(f"config.data.name: unknown data set {config.data.name!r}; "
                           f"use one of {', '.join(DATA_SETS)}")

@@ -96,6 +96,7 @@ def main(argv):
     import jax
     from mgca_jax import memory_check
     from mgca_jax.config_check import ConfigError, check_config, config_warnings
+    from mgca_jax.faults import TrainError
     config = _CONFIG.value.unlock()
     try:
         check_config(config, jax.device_count())  # before TensorFlow is imported
@@ -112,6 +113,9 @@ def main(argv):
         train.train_and_evaluate(config, _WORKDIR.value)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e).splitlines()[0])
+    except TrainError as e:   # a fault: exit 2 (bad workdir) or 3 (non-finite loss)
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ size), plus OUT_DIR/label_names.json (id -> name). Without --bg_thresh (the
 default) every pixel gets one of the classes and class i is id i; with it, id 0 is
 background and class i is id i + 1. The protocol is the field's (short side 448,
 448/224 sliding windows). Bad input ends with a one-line error, exit status 2.
+In a folder, an unreadable image is skipped: the others are written, and a last
+line on stderr names each skipped file (exit status 1).
 """
 import os
 
@@ -68,11 +70,16 @@ def main(argv=None):
         fail(f"--alpha: expected a value in [0, 1], got {args.alpha}")
     files = find_images(args.image)
     from PIL import Image
-    for path in files:                     # unreadable files fail before anything is written
+    skipped = {}                           # path -> reason; a lone bad file fails outright
+    for path in files:
         try:
             Image.open(path).close()
         except (OSError, ValueError) as e:
-            fail(f"--image: cannot read {path} ({type(e).__name__}: {e})")
+            skipped[path] = f"{type(e).__name__}: {e}"
+    if len(skipped) == len(files):
+        path, reason = next(iter(skipped.items()))
+        fail(f"--image: cannot read {path} ({reason})" if len(files) == 1 else
+             f"--image: cannot read any of the {len(files)} images in {args.image} (first: {path}, {reason})")
     ucfg = cli_utils.unit_config(args)
     bg = cli_utils.parse_bg_thresh(args.bg_thresh, None)
     cli_utils.protocol_config(args, *default_protocol(), check_windows=False)   # flags alone
@@ -97,17 +104,21 @@ def main(argv=None):
                                    loaded.config.input.max_len, units=(args.unit,), unit_config=ucfg,
                                    protocol_config=pcfg, bg_thresh=bg,
                                    windows_per_device=args.windows_per_device)
-    progress = cli_utils.Progress("segment", len(files))
-    todo = list(zip(files, output_names(files)))
+    todo = [(f, n) for f, n in zip(files, output_names(files)) if f not in skipped]
+    progress = cli_utils.Progress("segment", len(todo))
+    for path, reason in skipped.items():
+        print(f"skipping {path} ({reason})", file=sys.stderr, flush=True)
     chunk = len(seg.devices) * args.windows_per_device
     for start in range(0, len(todo), chunk):
-        images = []
-        for path, _ in todo[start:start + chunk]:
-            try:
+        readable, images = [], []
+        for path, name in todo[start:start + chunk]:
+            try:                           # opens but fails to decode (e.g. truncated)
                 images.append(benchmarks.load_image(path))
+                readable.append((path, name))
             except (OSError, ValueError) as e:
-                fail(f"--image: cannot read {path} ({type(e).__name__}: {e})")
-        for (path, name), image, labels in zip(todo[start:start + chunk], images, seg.segment(images)):
+                skipped[path] = f"{type(e).__name__}: {e}"
+                print(f"skipping {path} ({skipped[path]})", file=sys.stderr, flush=True)
+        for (path, name), image, labels in zip(readable, images, seg.segment(images) if images else []):
             overlay = os.path.join(args.out_dir, f"{name}_overlay.png")
             visualize.save_overlay_and_labels(image, labels[0], label_names, overlay,
                                               os.path.join(args.out_dir, f"{name}_labels.png"),
@@ -115,6 +126,10 @@ def main(argv=None):
             print(f"{path} -> {overlay}", flush=True)
         progress.update(len(images))
     progress.update(0, force=True)
+    if skipped:
+        print(f"error: wrote {len(files) - len(skipped)} of {len(files)} images; skipped "
+              f"{len(skipped)} unreadable: {', '.join(map(str, skipped))}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ complete, so a crash never leaves a checkpoint that gets restored half-written.
 import dataclasses
 import json
 import os
-import signal
 import time
 
 import jax
@@ -21,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
 
-from mgca_jax import inference, losses, sharding
+from mgca_jax import faults, inference, losses, sharding
 from mgca_jax.config_check import check_config, check_vocab
 from mgca_jax.data import input_pipeline
 from mgca_jax.evaluation import protocol, zeroshot
@@ -57,6 +56,7 @@ def abstract_state(model, tx, config):
 def make_train_step(model, tx, schedule, config, mesh):
     """The pure step; jit it with `jit_train_step`."""
     with_objects = losses.needs_objects(config.loss)
+    skip_nonfinite = config.get("nonfinite", "stop") == "skip_step"
 
     def loss_fn(params, batch, rng):
         out = model.apply({"params": params}, batch, with_objects=with_objects)
@@ -68,7 +68,13 @@ def make_train_step(model, tx, schedule, config, mesh):
             state["params"], batch, rng)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+        grad_norm = optax.tree.norm(grads)
+        if skip_nonfinite:   # drop the whole update; the step counter still moves on
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            params = jax.tree.map(keep, params, state["params"])
+            opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
+        metrics = {"loss": loss, "grad_norm": grad_norm,
                    "lr": schedule(state["step"]),
                    "logit_scale": jnp.minimum(jnp.exp(params["log_logit_scale"]), 100.0)}
         metrics.update({f"loss_{k}": v for k, v in terms.items()})
@@ -108,19 +114,6 @@ def _write_json(path, obj):
 def _fmt_seconds(s):
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-class _StopFlag:
-    """Set by SIGTERM: the loop saves a checkpoint and exits at the next step."""
-    def __init__(self):
-        self.stop = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, *_):
-        self.stop = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def setup(config):
@@ -217,21 +210,32 @@ def train_and_evaluate(config, workdir):
     """Trains (resuming from WORKDIR if it holds checkpoints) and evaluates. Returns final eval."""
     builder, tokenizer = setup(config)
     os.makedirs(workdir, exist_ok=True)
-    ctx = input_pipeline.make_context(config, tokenizer)
-    mesh = sharding.make_mesh()
     model = make_model(config)
     tx, schedule = make_optimizer(config)
     init, abstract = abstract_state(model, tx, config)
-    state_sh = sharding.state_shardings(abstract, mesh, config.sharding.params)
+    lock = faults.WorkdirLock(workdir)
+    lock.acquire()
+    try:
+        return _train(config, workdir, builder, tokenizer, model, tx, schedule, init, abstract)
+    finally:
+        lock.release()
 
+
+def _train(config, workdir, builder, tokenizer, model, tx, schedule, init, abstract):
+    ctx = input_pipeline.make_context(config, tokenizer)
+    mesh = sharding.make_mesh()
+    state_sh = sharding.state_shardings(abstract, mesh, config.sharding.params)
     mngr = checkpoint_manager(workdir, config)
-    latest = mngr.latest_step()
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sh)
+    try:
+        state, latest = faults.restore_newest_readable(mngr, target)
+    except BaseException:
+        mngr.close()
+        raise
     if latest is None:
         state = jax.jit(init, out_shardings=state_sh)()
     else:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract, state_sh)
-        state = mngr.restore(latest, args=ocp.args.StandardRestore(target))
         print(f"resumed from {mngr.directory}/{latest}", flush=True)
     start = int(state["step"])
     if jax.process_index() == 0:
@@ -247,37 +251,47 @@ def train_and_evaluate(config, workdir):
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     rng = jax.random.key(config.seed)
     batch_sh = sharding.batch_sharding(mesh)
-    stop = _StopFlag()
+    nonfinite = config.get("nonfinite", "stop")
+    stop = faults.StopFlag()
     t0, t_last, s_last = time.time(), time.time(), start
-    result, in_flight = None, None
+    result, in_flight, guard, last_saved = None, None, None, latest
     try:
         with jax.set_mesh(mesh):
             for step in range(start + 1, config.total_steps + 1):
                 local = next(batches)
                 batch = {k: jax.make_array_from_process_local_data(batch_sh, v) for k, v in local.items()}
                 state, metrics = step_fn(state, batch, rng)
+                guard = faults.update_guard(guard or faults.new_guard(metrics), metrics, step)
                 # At most two steps in flight: a SIGTERM then waits for one step, not a queue.
                 jax.block_until_ready(in_flight)
                 in_flight = metrics["loss"]
-                last = step == config.total_steps or stop.stop
+                stopping = stop.should_stop(step)
+                last = step == config.total_steps or stopping
                 if step % config.log_every == 0 or last:
+                    skipped = faults.check_guard(guard, nonfinite, last_saved)
                     metrics = jax.tree.map(float, jax.device_get(metrics))
                     now = time.time()
                     rate = (step - s_last) / max(now - t_last, 1e-9)
                     t_last, s_last = now, step
                     metrics["steps_per_sec"] = rate
+                    if nonfinite == "skip_step":
+                        metrics["skipped_steps"] = skipped
                     writer.write_scalars(step, metrics)
                     eta = (config.total_steps - step) / max(rate, 1e-9)
                     print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}  "
                           + "  ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items()
                                       if k.startswith("loss_"))
+                          + (f"  skipped {skipped}" if skipped else "")
                           + f"  {rate:.2f} steps/s  ETA {_fmt_seconds(eta)}", flush=True)
                 if step % config.checkpoint_every == 0 or last:
+                    faults.check_guard(guard, nonfinite, last_saved)   # never save a NaN state
                     mngr.save(step, args=ocp.args.StandardSave(state))
+                    last_saved = step
                 if config.eval.every and step % config.eval.every == 0 and not last:
+                    faults.check_guard(guard, nonfinite, last_saved)
                     evaluate(config, workdir, model, state["params"], builder, ctx, tokenizer,
                              step, writer)
-                if stop.stop:
+                if stopping:
                     mngr.wait_until_finished()
                     print(f"SIGTERM: saved step {step}, exiting", flush=True)
                     return None

@@ -189,6 +189,25 @@ def test_segment_writes_overlay_and_labels(workdir, tmp_path):
             assert im.mode == "RGB" and im.width >= w and im.height > h    # legend below
 
 
+def test_segment_skips_unreadable_images_and_names_them(workdir, tmp_path, capsys):
+    from mgca_jax import segment
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(scenes.make_example(2, 0, 64)["image"]).save(images / "scene.png")
+    (images / "broken.png").write_bytes(b"not a png")                       # fails to open
+    Image.fromarray(scenes.make_example(2, 1, 64)["image"]).save(images / "cut.jpg", quality=95)
+    (images / "cut.jpg").write_bytes((images / "cut.jpg").read_bytes()[:-1000])   # opens, fails to decode
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        segment.main([f"--checkpoint={workdir / 'checkpoints' / '0'}", f"--image={images}",
+                      "--classes=circle,square", f"--out_dir={out}", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1, err
+    assert err[-1].startswith("error: wrote 1 of 3 images; skipped 2 unreadable: "), err
+    assert str(images / "broken.png") in err[-1] and str(images / "cut.jpg") in err[-1], err
+    assert sorted(os.listdir(out)) == ["label_names.json", "scene_labels.png", "scene_overlay.png"]
+
+
 def test_load_from_a_relative_workdir(workdir, monkeypatch):
     """orbax wants absolute paths; `--workdir=workdirs/demo` must work from the repo root."""
     from mgca_jax import checkpoints

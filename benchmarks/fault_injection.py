@@ -1,0 +1,151 @@
+"""Trains configs/tiny.py through random faults, restarting on the same workdir after each.
+
+  python benchmarks/fault_injection.py --faults=20 [--steps=40] [--seed=0] [--out=DIR]
+
+Faults, drawn at random: kill -9 at a random step, kill -9 just after a checkpoint
+step's log line (while orbax writes it), SIGTERM, and truncating the newest
+checkpoint's files before the restart. Prints per fault what happened, then how
+many restarts resumed, the steps lost beyond the last complete checkpoint, and
+whether the final params equal those of an uninterrupted run of the same length.
+Exits 1 if a trainer fails or a check does not hold.
+"""
+import argparse
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# The trainers run on 2 host devices; restoring their checkpoints here needs the same topology.
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+FAULTS = ("kill9", "kill9_in_save", "sigterm", "corrupt_newest")
+EVERY = 2         # checkpoint_every
+
+
+def trainer(workdir, data_dir, steps):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-m", "mgca_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+         f"--config.data_dir={data_dir}", f"--config.total_steps={steps}", "--config.log_every=1",
+         f"--config.checkpoint_every={EVERY}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def complete_steps(workdir):
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def writing(workdir):
+    d = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(d) and any("tmp" in s for s in os.listdir(d))
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        sys.exit(f"trainer failed (exit {proc.returncode}): {err.strip().splitlines()[-1:]}")
+    return out
+
+
+def corrupt(step_dir):
+    for d, _, fs in os.walk(step_dir):
+        for f in fs:
+            path = os.path.join(d, f)
+            with open(path, "r+b") as fh:
+                fh.truncate(os.path.getsize(path) // 2)
+
+
+def params(workdir, step):
+    import jax
+    import orbax.checkpoint as ocp
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as mngr:
+        return [np.asarray(x) for x in jax.tree.leaves(mngr.restore(step)["params"])]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--faults", type=int, default=20)
+    p.add_argument("--steps", type=int, default=40, help="length of both runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="", help="scratch dir (default: a temporary one)")
+    args = p.parse_args(argv)
+    rnd = random.Random(args.seed)
+    root = args.out or tempfile.mkdtemp(prefix="fault_injection_")
+    data_dir, straight, faulted = (os.path.join(root, n) for n in ("data", "straight", "faulted"))
+    os.makedirs(data_dir, exist_ok=True)
+    t0 = time.time()
+    finish(trainer(straight, data_dir, args.steps))
+    print(f"uninterrupted run: {args.steps} steps in {time.time() - t0:.0f}s", flush=True)
+
+    resumed, lost_beyond, restarts, in_write = 0, 0, 0, 0
+    pending_resume = None              # the step a restart must resume from
+    for i in range(args.faults):
+        done = complete_steps(faulted)
+        start = done[-1] if done else 0
+        if start >= args.steps - 2:    # too close to the end for another fault: start over
+            break
+        kind = rnd.choice(FAULTS)
+        proc = trainer(faulted, data_dir, args.steps)
+        restarts += 1
+        out, reached = [], start
+        target = rnd.randrange(start + 1, args.steps - 1)
+        if kind == "kill9_in_save":
+            target = min(args.steps - 2, max(EVERY, target - target % EVERY))
+        for line in proc.stdout:
+            out.append(line)
+            m = re.match(r"step (\d+)/", line)
+            if m:
+                reached = int(m.group(1))
+                if reached >= target:
+                    break
+        text = "".join(out)
+        if pending_resume is not None:
+            m = re.search(r"resumed from \S+/(\d+)", text)
+            got = int(m.group(1)) if m else 0
+            resumed += got == pending_resume
+            lost_beyond += max(0, pending_resume - got)
+        if kind == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+            finish(proc)
+        else:
+            if kind == "kill9_in_save":
+                time.sleep(rnd.uniform(0.0, 0.2))
+                in_write += writing(faulted)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=120)
+        done = complete_steps(faulted)
+        if kind == "corrupt_newest" and len(done) < 2:
+            kind = "kill9"             # no older checkpoint to fall back to (that is an error)
+        if kind == "corrupt_newest":
+            corrupt(os.path.join(faulted, "checkpoints", str(done[-1])))
+            done = done[:-1]
+        pending_resume = done[-1] if done else 0
+        print(f"fault {i + 1}: {kind} at step {reached}; complete checkpoints {done}", flush=True)
+    proc = trainer(faulted, data_dir, args.steps)
+    text = finish(proc)
+    m = re.search(r"resumed from \S+/(\d+)", text)
+    got = int(m.group(1)) if m else 0
+    resumed += got == pending_resume
+    lost_beyond += max(0, (pending_resume or 0) - got)
+    same = all(np.array_equal(a, b) for a, b in
+               zip(params(straight, args.steps), params(faulted, args.steps)))
+    quarantined = os.listdir(os.path.join(faulted, "quarantine")) \
+        if os.path.isdir(os.path.join(faulted, "quarantine")) else []
+    print(f"faults: {restarts}; restarts that resumed from the newest readable checkpoint: "
+          f"{resumed}/{restarts}; kills that landed during a checkpoint write: {in_write}; "
+          f"quarantined checkpoints: {len(quarantined)}; steps lost beyond the last complete "
+          f"checkpoint: {lost_beyond}; final params equal to the uninterrupted run: {same}; "
+          f"{time.time() - t0:.0f}s", flush=True)
+    return 0 if same and resumed == restarts and lost_beyond == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
