@@ -290,3 +290,20 @@ def test_evaluate_scores_the_atypical_split(trained, tmp_path):
                 f"--data_dir={data}")
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "--dataset" in lines[0], proc.stderr
+
+
+def test_trainer_scores_each_evaluation_split_with_its_atypical_partner():
+    import types
+    from configs.common import base_config
+    from mgca_jax import train
+    splits = {s: None for s in ("train", "validation", "validation_atypical", "tune", "tune_atypical")}
+    builder = types.SimpleNamespace(info=types.SimpleNamespace(splits=splits))
+    c = base_config()
+    assert train.eval_splits(c, builder) == ["validation", "validation_atypical"]
+    c.data.eval_split = "tune"
+    assert train.eval_splits(c, builder) == ["tune", "tune_atypical"]
+    c.data.eval_split = "validation_atypical"          # no partner of its own
+    assert train.eval_splits(c, builder) == ["validation_atypical"]
+    c.data.name = "cc3m"
+    c.data.eval_split = "validation"
+    assert train.eval_splits(c, builder) == ["validation"]
