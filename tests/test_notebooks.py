@@ -88,19 +88,37 @@ def test_notebook_metadata(name):
         f"notebooks/{name}.ipynb")[0].rsplit("\n", 1)[-1], f"README: no Colab badge for {name}"
 
 
-def test_install_cell_refuses_unsupported_python(tmp_path):
-    """On Colab (google.colab imported) with Python 3.10, the setup cell stops, naming the versions."""
+def run_setup_cell_on_fake_colab(version, cwd):
+    """Runs the notebooks' setup cell with google.colab faked and sys.version_info set to `version`."""
     setup = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4).cells[1].source
     fake = ("import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
-            "sys.version_info = (3, 10, 12, 'final', 0)\n")
-    proc = subprocess.run([sys.executable, "-c", fake + setup], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+            f"sys.version_info = {(*version, 0, 'final', 0)!r}\n")
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}     # a clone attempt fails, never prompts
+    return subprocess.run([sys.executable, "-c", fake + setup], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("version", [(3, 10), (3, 14)])
+def test_install_cell_refuses_unsupported_python(tmp_path, version):
+    """On Colab with Python 3.10 or 3.14, the setup cell stops, naming the supported versions."""
+    proc = run_setup_cell_on_fake_colab(version, tmp_path)
     assert not (tmp_path / "mgca_jax").exists()           # stopped before cloning
     assert proc.returncode == 1
-    assert ("RuntimeError: mgca_jax supports Python 3.11 to 3.13; this runtime runs Python 3.10."
-            in proc.stderr), proc.stderr[-2000:]
+    assert (f"RuntimeError: mgca_jax supports Python 3.11 to 3.13; this runtime runs Python "
+            f"{version[0]}.{version[1]}." in proc.stderr), proc.stderr[-2000:]
+    setup = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4).cells[1].source
     for name in NAMES[1:]:       # every notebook has the same setup cell
         assert nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells[1].source == setup
+
+
+def test_install_cell_refuses_placeholder_owner(tmp_path):
+    """On Colab with a supported Python, the unreplaced OWNER placeholder stops the cell before
+    any `git clone` (README, "Notebooks", documents the placeholder)."""
+    proc = run_setup_cell_on_fake_colab((3, 12), tmp_path)
+    assert not (tmp_path / "mgca_jax").exists()
+    assert proc.returncode == 1
+    assert "RuntimeError: REPO_URL still holds the placeholder OWNER" in proc.stderr, proc.stderr[-2000:]
+    assert "OWNER" in (REPO / "README.md").read_text().split("## Notebooks", 1)[1].split("\n\n")[1]
 
 
 def test_failing_cell_names_notebook_and_cell(tmp_path):
