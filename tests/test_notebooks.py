@@ -51,14 +51,30 @@ def cell_text(nb) -> str:
                      for o in c.get("outputs", []) if o.get("output_type") == "stream")
 
 
-@pytest.fixture
-def kernel_env(monkeypatch):
+def set_kernel_env(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)       # one CPU device, as a user has
     monkeypatch.delenv("VIRTUAL_ENV", raising=False)
     monkeypatch.setenv("MGCA_SMOKE", "1")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return monkeypatch
+
+
+@pytest.fixture
+def kernel_env(monkeypatch):
+    return set_kernel_env(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def quickstart_folder(tmp_path_factory):
+    """quickstart.ipynb executed once. downstream.ipynb then runs in the same folder, on the
+    quickstart's export, as on Colab; that saves it training and exporting a run of its own."""
+    folder = tmp_path_factory.mktemp("notebooks")
+    with pytest.MonkeyPatch.context() as mp:
+        set_kernel_env(mp)
+        nb, seconds = execute(NOTEBOOKS / "quickstart.ipynb", folder)
+    print(f"\nquickstart.ipynb: {seconds:.1f}s")
+    return folder, nb
 
 
 def miou_float64(pred, gt, num_classes):
@@ -136,13 +152,15 @@ def test_failing_cell_names_notebook_and_cell(tmp_path):
 
 # ----------------------------------------------------------------------------- execution
 
-def test_quickstart(tmp_path, kernel_env):
-    nb, seconds = execute(NOTEBOOKS / "quickstart.ipynb", tmp_path)
-    print(f"\nquickstart.ipynb: {seconds:.1f}s")
+def test_quickstart(quickstart_folder):
+    tmp_path, nb = quickstart_folder
     for f in ("loss_curves.png", "iou_bars.png", "units.png", "my_image.png",
               "my_segmentation/my_image_overlay.png", "export_segmentation.png",
-              "exports/quickstart/SHA256SUMS", "workdirs/quickstart/segmentation_step3.png"):
+              "exports/quickstart/SHA256SUMS"):
         assert (tmp_path / f).is_file(), f
+    run = json.loads((tmp_path / "exports" / "quickstart" / "config.json").read_text())
+    steps = run["provenance"]["step"]
+    assert (tmp_path / f"workdirs/quickstart/segmentation_step{steps}.png").is_file(), steps
     record = json.loads((tmp_path / "units_embedded.json").read_text())["results"]["embedded"]
     assert set(record["units"]) == {"pixel", "group", "adaptive"}
     assert record["num_images"] == 16
@@ -158,22 +176,26 @@ def test_quickstart(tmp_path, kernel_env):
           + f"; all-background {100 * trivial:.2f}")
     assert all(0 <= u["miou"] <= 1 for u in record["units"].values())
     # A 3-step smoke run predicts (nearly) all background; it must not score below that predictor.
-    # (The downstream notebook's probe, trained properly, must beat it strictly.)
+    # Longer smoke runs (50-300 steps of the tiny world) did not beat it reliably (docs/results.md,
+    # issue 13), so the strict check is the downstream probe's, on this run's export.
     assert best >= trivial - 1e-6, (best, trivial)
     text = cell_text(nb)
     assert "export segmentation: (192, 192)" in text, text[-2000:]
     assert "loss" in text.split("tags:", 1)[1]
 
 
-def test_downstream(tmp_path, kernel_env):
+def test_downstream(quickstart_folder, kernel_env):
+    tmp_path = quickstart_folder[0]
     nb, seconds = execute(NOTEBOOKS / "downstream.ipynb", tmp_path)
-    print(f"\ndownstream.ipynb: {seconds:.1f}s")
-    for f in ("zero_shot.png", "probe.png", "exports/tiny/SHA256SUMS"):
+    print(f"\ndownstream.ipynb: {seconds:.1f}s (on the quickstart's export)")
+    for f in ("zero_shot.png", "probe.png"):
         assert (tmp_path / f).is_file(), f
     result = json.loads((tmp_path / "probe.json").read_text())
+    assert result["export"] == "exports/quickstart", result["export"]
+    assert not (tmp_path / "exports" / "tiny").exists()          # no run of its own
     from mgca_jax import api
     from mgca_jax.data import scenes
-    size = api.read_config(str(tmp_path / "exports" / "tiny"))["preprocessing"]["image_size"]
+    size = api.read_config(str(tmp_path / "exports" / "quickstart"))["preprocessing"]["image_size"]
     gt = np.stack([scenes.make_example(seed=result["test_seed"], index=i, image_size=size)["mask"]
                    for i in range(result["n_test"])]).astype(np.int64)
     pred = np.load(tmp_path / "probe_predictions.npz")["pred"].astype(np.int64)
