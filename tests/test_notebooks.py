@@ -1,7 +1,8 @@
 """notebooks/*.ipynb executed first cell to last with nbclient, in smoke mode (issue 13).
 
-Each notebook runs in its own temporary folder with the repository on PYTHONPATH and
-MGCA_SMOKE=1; its files are then checked against references computed here. reproduce_cc3m runs
+Each notebook runs in a temporary folder with the repository on PYTHONPATH and MGCA_SMOKE=1
+(downstream in the quickstart's folder, on its export, as on Colab); its files are then checked
+against references computed here. reproduce_cc3m runs
 on tests/test_readme.py's fixtures: the img2dataset and pip stubs, the planted tar samples and
 the small benchmark layouts. A failing cell fails the test with the notebook's name and the
 cell's number. Each notebook's time is printed.
