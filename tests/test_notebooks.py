@@ -1,7 +1,8 @@
 """notebooks/*.ipynb executed first cell to last with nbclient, in smoke mode (issue 13).
 
-Each notebook runs in its own temporary folder with the repository on PYTHONPATH and
-MGCA_SMOKE=1; its files are then checked against references computed here. reproduce_cc3m runs
+Each notebook runs in a temporary folder with the repository on PYTHONPATH and MGCA_SMOKE=1
+(downstream in the quickstart's folder, on its export, as on Colab); its files are then checked
+against references computed here. reproduce_cc3m runs
 on tests/test_readme.py's fixtures: the img2dataset and pip stubs, the planted tar samples and
 the small benchmark layouts. A failing cell fails the test with the notebook's name and the
 cell's number. Each notebook's time is printed.
@@ -51,14 +52,30 @@ def cell_text(nb) -> str:
                      for o in c.get("outputs", []) if o.get("output_type") == "stream")
 
 
-@pytest.fixture
-def kernel_env(monkeypatch):
+def set_kernel_env(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)       # one CPU device, as a user has
     monkeypatch.delenv("VIRTUAL_ENV", raising=False)
     monkeypatch.setenv("MGCA_SMOKE", "1")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return monkeypatch
+
+
+@pytest.fixture
+def kernel_env(monkeypatch):
+    return set_kernel_env(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def quickstart_folder(tmp_path_factory):
+    """quickstart.ipynb executed once. downstream.ipynb then runs in the same folder, on the
+    quickstart's export, as on Colab; that saves it training and exporting a run of its own."""
+    folder = tmp_path_factory.mktemp("notebooks")
+    with pytest.MonkeyPatch.context() as mp:
+        set_kernel_env(mp)
+        nb, seconds = execute(NOTEBOOKS / "quickstart.ipynb", folder)
+    print(f"\nquickstart.ipynb: {seconds:.1f}s")
+    return folder, nb
 
 
 def miou_float64(pred, gt, num_classes):
@@ -88,19 +105,37 @@ def test_notebook_metadata(name):
         f"notebooks/{name}.ipynb")[0].rsplit("\n", 1)[-1], f"README: no Colab badge for {name}"
 
 
-def test_install_cell_refuses_unsupported_python(tmp_path):
-    """On Colab (google.colab imported) with Python 3.10, the setup cell stops, naming the versions."""
+def run_setup_cell_on_fake_colab(version, cwd):
+    """Runs the notebooks' setup cell with google.colab faked and sys.version_info set to `version`."""
     setup = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4).cells[1].source
     fake = ("import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
-            "sys.version_info = (3, 10, 12, 'final', 0)\n")
-    proc = subprocess.run([sys.executable, "-c", fake + setup], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+            f"sys.version_info = {(*version, 0, 'final', 0)!r}\n")
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}     # a clone attempt fails, never prompts
+    return subprocess.run([sys.executable, "-c", fake + setup], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("version", [(3, 10), (3, 14)])
+def test_install_cell_refuses_unsupported_python(tmp_path, version):
+    """On Colab with Python 3.10 or 3.14, the setup cell stops, naming the supported versions."""
+    proc = run_setup_cell_on_fake_colab(version, tmp_path)
     assert not (tmp_path / "mgca_jax").exists()           # stopped before cloning
     assert proc.returncode == 1
-    assert ("RuntimeError: mgca_jax supports Python 3.11 to 3.13; this runtime runs Python 3.10."
-            in proc.stderr), proc.stderr[-2000:]
+    assert (f"RuntimeError: mgca_jax supports Python 3.11 to 3.13; this runtime runs Python "
+            f"{version[0]}.{version[1]}." in proc.stderr), proc.stderr[-2000:]
+    setup = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4).cells[1].source
     for name in NAMES[1:]:       # every notebook has the same setup cell
         assert nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells[1].source == setup
+
+
+def test_install_cell_refuses_placeholder_owner(tmp_path):
+    """On Colab with a supported Python, the unreplaced OWNER placeholder stops the cell before
+    any `git clone` (README, "Notebooks", documents the placeholder)."""
+    proc = run_setup_cell_on_fake_colab((3, 12), tmp_path)
+    assert not (tmp_path / "mgca_jax").exists()
+    assert proc.returncode == 1
+    assert "RuntimeError: REPO_URL still holds the placeholder OWNER" in proc.stderr, proc.stderr[-2000:]
+    assert "OWNER" in (REPO / "README.md").read_text().split("## Notebooks", 1)[1].split("\n\n")[1]
 
 
 def test_failing_cell_names_notebook_and_cell(tmp_path):
@@ -118,13 +153,15 @@ def test_failing_cell_names_notebook_and_cell(tmp_path):
 
 # ----------------------------------------------------------------------------- execution
 
-def test_quickstart(tmp_path, kernel_env):
-    nb, seconds = execute(NOTEBOOKS / "quickstart.ipynb", tmp_path)
-    print(f"\nquickstart.ipynb: {seconds:.1f}s")
+def test_quickstart(quickstart_folder):
+    tmp_path, nb = quickstart_folder
     for f in ("loss_curves.png", "iou_bars.png", "units.png", "my_image.png",
               "my_segmentation/my_image_overlay.png", "export_segmentation.png",
-              "exports/quickstart/SHA256SUMS", "workdirs/quickstart/segmentation_step3.png"):
+              "exports/quickstart/SHA256SUMS"):
         assert (tmp_path / f).is_file(), f
+    run = json.loads((tmp_path / "exports" / "quickstart" / "config.json").read_text())
+    steps = run["provenance"]["step"]
+    assert (tmp_path / f"workdirs/quickstart/segmentation_step{steps}.png").is_file(), steps
     record = json.loads((tmp_path / "units_embedded.json").read_text())["results"]["embedded"]
     assert set(record["units"]) == {"pixel", "group", "adaptive"}
     assert record["num_images"] == 16
@@ -140,22 +177,26 @@ def test_quickstart(tmp_path, kernel_env):
           + f"; all-background {100 * trivial:.2f}")
     assert all(0 <= u["miou"] <= 1 for u in record["units"].values())
     # A 3-step smoke run predicts (nearly) all background; it must not score below that predictor.
-    # (The downstream notebook's probe, trained properly, must beat it strictly.)
+    # Longer smoke runs (50-300 steps of the tiny world) did not beat it reliably (docs/results.md,
+    # issue 13), so the strict check is the downstream probe's, on this run's export.
     assert best >= trivial - 1e-6, (best, trivial)
     text = cell_text(nb)
     assert "export segmentation: (192, 192)" in text, text[-2000:]
     assert "loss" in text.split("tags:", 1)[1]
 
 
-def test_downstream(tmp_path, kernel_env):
+def test_downstream(quickstart_folder, kernel_env):
+    tmp_path = quickstart_folder[0]
     nb, seconds = execute(NOTEBOOKS / "downstream.ipynb", tmp_path)
-    print(f"\ndownstream.ipynb: {seconds:.1f}s")
-    for f in ("zero_shot.png", "probe.png", "exports/tiny/SHA256SUMS"):
+    print(f"\ndownstream.ipynb: {seconds:.1f}s (on the quickstart's export)")
+    for f in ("zero_shot.png", "probe.png"):
         assert (tmp_path / f).is_file(), f
     result = json.loads((tmp_path / "probe.json").read_text())
+    assert result["export"] == "exports/quickstart", result["export"]
+    assert not (tmp_path / "exports" / "tiny").exists()          # no run of its own
     from mgca_jax import api
     from mgca_jax.data import scenes
-    size = api.read_config(str(tmp_path / "exports" / "tiny"))["preprocessing"]["image_size"]
+    size = api.read_config(str(tmp_path / "exports" / "quickstart"))["preprocessing"]["image_size"]
     gt = np.stack([scenes.make_example(seed=result["test_seed"], index=i, image_size=size)["mask"]
                    for i in range(result["n_test"])]).astype(np.int64)
     pred = np.load(tmp_path / "probe_predictions.npz")["pred"].astype(np.int64)
