@@ -1,9 +1,12 @@
 """Trains configs/tiny.py through random faults, restarting on the same workdir after each.
 
-  python benchmarks/fault_injection.py --faults=20 [--steps=40] [--seed=0] [--out=DIR]
+  python benchmarks/fault_injection.py --faults=20 [--steps=3*faults+10] [--seed=0] [--out=DIR]
 
-Faults, drawn at random: kill -9 at a random step, kill -9 just after a checkpoint
-step's log line (while orbax writes it), SIGTERM, and truncating the newest
+Faults, each kind equally often in a random order: kill -9 two to four steps
+after the last checkpoint; kill -9 during a checkpoint write (after the log line
+of a checkpoint step, polling until orbax's temporary dir of that step appears,
+then killing at once; it counts as landed if afterwards the temporary dir is
+there and the step is not); SIGTERM; and truncating the newest complete
 checkpoint's files before the restart. Prints per fault what happened, then how
 many restarts resumed, the steps lost beyond the last complete checkpoint, and
 whether the final params equal those of an uninterrupted run of the same length.
@@ -43,9 +46,19 @@ def complete_steps(workdir):
     return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
-def writing(workdir):
+def writing(workdir, step):
+    """Whether orbax's temporary dir of `step` (STEP.orbax-checkpoint-tmp...) is there."""
     d = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(d) and any("tmp" in s for s in os.listdir(d))
+    return os.path.isdir(d) and any(s.startswith(f"{step}.") and "tmp" in s for s in os.listdir(d))
+
+
+def wait_for_write(workdir, step, proc, timeout=120):
+    """Polls (1 ms) until the temporary dir of `step` appears, or the step is complete."""
+    t0 = time.time()
+    while not writing(workdir, step) and step not in complete_steps(workdir):
+        if proc.poll() is not None or time.time() - t0 > timeout:
+            sys.exit(f"trainer never started writing step {step}")
+        time.sleep(0.001)
 
 
 def finish(proc, timeout=600):
@@ -73,10 +86,12 @@ def params(workdir, step):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--faults", type=int, default=20)
-    p.add_argument("--steps", type=int, default=40, help="length of both runs")
+    p.add_argument("--steps", type=int, default=0,
+                   help="length of both runs (default 3 x faults + 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="scratch dir (default: a temporary one)")
     args = p.parse_args(argv)
+    args.steps = args.steps or 3 * args.faults + 10
     rnd = random.Random(args.seed)
     root = args.out or tempfile.mkdtemp(prefix="fault_injection_")
     data_dir, straight, faulted = (os.path.join(root, n) for n in ("data", "straight", "faulted"))
@@ -85,20 +100,23 @@ def main(argv=None):
     finish(trainer(straight, data_dir, args.steps))
     print(f"uninterrupted run: {args.steps} steps in {time.time() - t0:.0f}s", flush=True)
 
-    resumed, lost_beyond, restarts, in_write = 0, 0, 0, 0
+    kinds = []                         # every kind equally often, in a random order
+    while len(kinds) < args.faults:
+        kinds += rnd.sample(FAULTS, len(FAULTS))
+    resumed, lost_beyond, restarts, in_write, tried_in_write = 0, 0, 0, 0, 0
     pending_resume = None              # the step a restart must resume from
-    for i in range(args.faults):
+    for i, kind in enumerate(kinds[:args.faults]):
         done = complete_steps(faulted)
         start = done[-1] if done else 0
-        if start >= args.steps - 2:    # too close to the end for another fault: start over
-            break
-        kind = rnd.choice(FAULTS)
+        if start + EVERY + 3 > args.steps:
+            sys.exit(f"fault {i + 1}: the run reached step {start} of --steps={args.steps}; "
+                     f"use more steps for --faults={args.faults}")
         proc = trainer(faulted, data_dir, args.steps)
         restarts += 1
         out, reached = [], start
-        target = rnd.randrange(start + 1, args.steps - 1)
-        if kind == "kill9_in_save":
-            target = min(args.steps - 2, max(EVERY, target - target % EVERY))
+        next_save = (start // EVERY + 1) * EVERY
+        # kill9_in_save: the log line of a checkpoint step comes just before its save starts.
+        target = next_save if kind == "kill9_in_save" else start + rnd.randint(EVERY, EVERY + 2)
         for line in proc.stdout:
             out.append(line)
             m = re.match(r"step (\d+)/", line)
@@ -112,23 +130,31 @@ def main(argv=None):
             got = int(m.group(1)) if m else 0
             resumed += got == pending_resume
             lost_beyond += max(0, pending_resume - got)
+        landed = ""
         if kind == "sigterm":
             proc.send_signal(signal.SIGTERM)
             finish(proc)
         else:
             if kind == "kill9_in_save":
-                time.sleep(rnd.uniform(0.0, 0.2))
-                in_write += writing(faulted)
+                wait_for_write(faulted, reached, proc)
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=120)
+            if kind == "kill9_in_save":
+                # Landed in the write: orbax's temporary dir of the step is there, the step is not.
+                hit = writing(faulted, reached) and reached not in complete_steps(faulted)
+                in_write += hit
+                tried_in_write += 1
+                landed = f" (during the write of step {reached}: {'yes' if hit else 'no'})"
         done = complete_steps(faulted)
         if kind == "corrupt_newest" and len(done) < 2:
             kind = "kill9"             # no older checkpoint to fall back to (that is an error)
         if kind == "corrupt_newest":
             corrupt(os.path.join(faulted, "checkpoints", str(done[-1])))
+            landed = f" (truncated the files of step {done[-1]})"
             done = done[:-1]
         pending_resume = done[-1] if done else 0
-        print(f"fault {i + 1}: {kind} at step {reached}; complete checkpoints {done}", flush=True)
+        print(f"fault {i + 1}: {kind} at step {reached}{landed}; complete checkpoints {done}",
+              flush=True)
     proc = trainer(faulted, data_dir, args.steps)
     text = finish(proc)
     m = re.search(r"resumed from \S+/(\d+)", text)
@@ -139,8 +165,9 @@ def main(argv=None):
                zip(params(straight, args.steps), params(faulted, args.steps)))
     quarantined = os.listdir(os.path.join(faulted, "quarantine")) \
         if os.path.isdir(os.path.join(faulted, "quarantine")) else []
-    print(f"faults: {restarts}; restarts that resumed from the newest readable checkpoint: "
-          f"{resumed}/{restarts}; kills that landed during a checkpoint write: {in_write}; "
+    drawn = {k: kinds[:args.faults].count(k) for k in FAULTS}
+    print(f"faults: {restarts} ({', '.join(f'{k} {n}' for k, n in drawn.items())}); restarts that resumed from the newest readable checkpoint: "
+          f"{resumed}/{restarts}; kills that landed during a checkpoint write: {in_write}/{tried_in_write}; "
           f"quarantined checkpoints: {len(quarantined)}; steps lost beyond the last complete "
           f"checkpoint: {lost_beyond}; final params equal to the uninterrupted run: {same}; "
           f"{time.time() - t0:.0f}s", flush=True)
