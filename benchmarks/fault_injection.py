@@ -32,8 +32,12 @@ EVERY = 2         # checkpoint_every
 
 
 def trainer(workdir, data_dir, steps):
+    # Every restart compiles the same programs: JAX's persistent cache (beside the workdirs)
+    # spares that time; the executables, and so the params, are the same.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(workdir), "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return subprocess.Popen(
         [sys.executable, "-m", "mgca_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
          f"--config.data_dir={data_dir}", f"--config.total_steps={steps}", "--config.log_every=1",
