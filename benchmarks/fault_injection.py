@@ -13,6 +13,7 @@ whether the final params equal those of an uninterrupted run of the same length.
 Exits 1 if a trainer fails or a check does not hold.
 """
 import argparse
+import concurrent.futures
 import os
 import random
 import re
@@ -87,35 +88,17 @@ def params(workdir, step):
         return [np.asarray(x) for x in jax.tree.leaves(mngr.restore(step)["params"])]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--faults", type=int, default=20)
-    p.add_argument("--steps", type=int, default=0,
-                   help="length of both runs (default 3 x faults + 10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="", help="scratch dir (default: a temporary one)")
-    args = p.parse_args(argv)
-    args.steps = args.steps or 3 * args.faults + 10
-    rnd = random.Random(args.seed)
-    root = args.out or tempfile.mkdtemp(prefix="fault_injection_")
-    data_dir, straight, faulted = (os.path.join(root, n) for n in ("data", "straight", "faulted"))
-    os.makedirs(data_dir, exist_ok=True)
-    t0 = time.time()
-    finish(trainer(straight, data_dir, args.steps))
-    print(f"uninterrupted run: {args.steps} steps in {time.time() - t0:.0f}s", flush=True)
-
-    kinds = []                         # every kind equally often, in a random order
-    while len(kinds) < args.faults:
-        kinds += rnd.sample(FAULTS, len(FAULTS))
+def run_chain(name, faulted, data_dir, steps, kinds, rnd):
+    """One workdir through `kinds` faults, each followed by a restart; then the final run."""
     resumed, lost_beyond, restarts, in_write, tried_in_write = 0, 0, 0, 0, 0
     pending_resume = None              # the step a restart must resume from
-    for i, kind in enumerate(kinds[:args.faults]):
+    for i, kind in enumerate(kinds):
         done = complete_steps(faulted)
         start = done[-1] if done else 0
-        if start + EVERY + 3 > args.steps:
-            sys.exit(f"fault {i + 1}: the run reached step {start} of --steps={args.steps}; "
-                     f"use more steps for --faults={args.faults}")
-        proc = trainer(faulted, data_dir, args.steps)
+        if start + EVERY + 3 > steps:
+            sys.exit(f"[{name}] fault {i + 1}: the run reached step {start} of --steps={steps}; "
+                     "use more --steps or --chains")
+        proc = trainer(faulted, data_dir, steps)
         restarts += 1
         out, reached = [], start
         next_save = (start // EVERY + 1) * EVERY
@@ -157,25 +140,68 @@ def main(argv=None):
             landed = f" (truncated the files of step {done[-1]})"
             done = done[:-1]
         pending_resume = done[-1] if done else 0
-        print(f"fault {i + 1}: {kind} at step {reached}{landed}; complete checkpoints {done}",
+        print(f"[{name}] fault {i + 1}: {kind} at step {reached}{landed}; complete checkpoints {done}",
               flush=True)
-    proc = trainer(faulted, data_dir, args.steps)
+    proc = trainer(faulted, data_dir, steps)
     text = finish(proc)
     m = re.search(r"resumed from \S+/(\d+)", text)
     got = int(m.group(1)) if m else 0
     resumed += got == pending_resume
     lost_beyond += max(0, (pending_resume or 0) - got)
-    same = all(np.array_equal(a, b) for a, b in
-               zip(params(straight, args.steps), params(faulted, args.steps)))
     quarantined = os.listdir(os.path.join(faulted, "quarantine")) \
         if os.path.isdir(os.path.join(faulted, "quarantine")) else []
-    drawn = {k: kinds[:args.faults].count(k) for k in FAULTS}
-    print(f"faults: {restarts} ({', '.join(f'{k} {n}' for k, n in drawn.items())}); restarts that resumed from the newest readable checkpoint: "
-          f"{resumed}/{restarts}; kills that landed during a checkpoint write: {in_write}/{tried_in_write}; "
-          f"quarantined checkpoints: {len(quarantined)}; steps lost beyond the last complete "
-          f"checkpoint: {lost_beyond}; final params equal to the uninterrupted run: {same}; "
-          f"{time.time() - t0:.0f}s", flush=True)
-    return 0 if same and resumed == restarts and lost_beyond == 0 else 1
+    return {"faults": restarts, "resumed": resumed, "in_write": in_write,
+            "tried_in_write": tried_in_write, "lost_beyond": lost_beyond,
+            "quarantined": len(quarantined)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--faults", type=int, default=20, help="in all chains together")
+    p.add_argument("--chains", type=int, default=1,
+                   help="workdirs faulted concurrently, each compared with the uninterrupted run")
+    p.add_argument("--steps", type=int, default=0,
+                   help="length of the runs (default 3 x faults per chain + 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="", help="scratch dir (default: a temporary one)")
+    args = p.parse_args(argv)
+    if args.faults < 1 or not 1 <= args.chains <= args.faults:
+        print("fault_injection.py: need --faults >= 1 and 1 <= --chains <= --faults", file=sys.stderr)
+        return 2
+    args.steps = args.steps or 3 * -(-args.faults // args.chains) + 10
+    rnd = random.Random(args.seed)
+    root = args.out or tempfile.mkdtemp(prefix="fault_injection_")
+    data_dir, straight = os.path.join(root, "data"), os.path.join(root, "straight")
+    os.makedirs(data_dir, exist_ok=True)
+    t0 = time.time()
+    finish(trainer(straight, data_dir, args.steps))
+    print(f"uninterrupted run: {args.steps} steps in {time.time() - t0:.0f}s", flush=True)
+
+    kinds = []                         # every kind equally often, in a random order
+    while len(kinds) < args.faults:
+        kinds += rnd.sample(FAULTS, len(FAULTS))
+    kinds = kinds[:args.faults]
+    names = [f"c{c}" for c in range(args.chains)]
+    with concurrent.futures.ThreadPoolExecutor(args.chains) as pool:
+        futures = [pool.submit(run_chain, name, os.path.join(root, "faulted" if args.chains == 1
+                                                             else f"faulted_{name}"),
+                               data_dir, args.steps, kinds[c::args.chains],
+                               random.Random(args.seed * 1000 + c))
+                   for c, name in enumerate(names)]
+        results = [f.result() for f in futures]
+    want = params(straight, args.steps)
+    same = [all(np.array_equal(a, b) for a, b in zip(want, params(
+        os.path.join(root, "faulted" if args.chains == 1 else f"faulted_{n}"), args.steps)))
+        for n in names]
+    total = {k: sum(r[k] for r in results) for k in results[0]}
+    drawn = ", ".join(f"{k} {kinds.count(k)}" for k in FAULTS)
+    print(f"faults: {total['faults']} ({drawn}) in {args.chains} chain(s); restarts that resumed from "
+          f"the newest readable checkpoint: {total['resumed']}/{total['faults']}; kills that landed "
+          f"during a checkpoint write: {total['in_write']}/{total['tried_in_write']}; quarantined "
+          f"checkpoints: {total['quarantined']}; steps lost beyond the last complete checkpoint: "
+          f"{total['lost_beyond']}; final params equal to the uninterrupted run: "
+          f"{sum(same)}/{len(same)}; {time.time() - t0:.0f}s", flush=True)
+    return 0 if all(same) and total["resumed"] == total["faults"] and total["lost_beyond"] == 0 else 1
 
 
 if __name__ == "__main__":
