@@ -12,9 +12,8 @@ many restarts resumed, the steps lost beyond the last complete checkpoint, and
 whether the final params equal those of an uninterrupted run of the same length.
 --chains=K spreads the faults over K workdirs faulted at the same time (each
 restarts on its own workdir and is compared with the one uninterrupted run): on
-a busy machine the restarts' start-up dominates, and K chains take about 1/K of
-the wall time (an estimate, not measured by the script). Default --steps: 3 x
-faults per chain + 10.
+a busy machine each restart's start-up takes minutes, and chains overlap them.
+Default --steps: 3 x faults per chain + 10.
 Exits 1 if a trainer fails or a check does not hold.
 """
 import argparse
