@@ -95,6 +95,7 @@ def params(workdir, step):
 def run_chain(name, faulted, data_dir, steps, kinds, rnd):
     """One workdir through `kinds` faults, each followed by a restart; then the final run."""
     resumed, lost_beyond, restarts, in_write, tried_in_write = 0, 0, 0, 0, 0
+    applied = []                       # the kinds as done (corrupt_newest may become kill9)
     pending_resume = None              # the step a restart must resume from
     for i, kind in enumerate(kinds):
         done = complete_steps(faulted)
@@ -139,11 +140,13 @@ def run_chain(name, faulted, data_dir, steps, kinds, rnd):
         done = complete_steps(faulted)
         if kind == "corrupt_newest" and len(done) < 2:
             kind = "kill9"             # no older checkpoint to fall back to (that is an error)
+            landed = " (drawn as corrupt_newest; fewer than 2 complete checkpoints)"
         if kind == "corrupt_newest":
             corrupt(os.path.join(faulted, "checkpoints", str(done[-1])))
             landed = f" (truncated the files of step {done[-1]})"
             done = done[:-1]
         pending_resume = done[-1] if done else 0
+        applied.append(kind)
         print(f"[{name}] fault {i + 1}: {kind} at step {reached}{landed}; complete checkpoints {done}",
               flush=True)
     proc = trainer(faulted, data_dir, steps)
@@ -156,7 +159,7 @@ def run_chain(name, faulted, data_dir, steps, kinds, rnd):
         if os.path.isdir(os.path.join(faulted, "quarantine")) else []
     return {"faults": restarts, "resumed": resumed, "in_write": in_write,
             "tried_in_write": tried_in_write, "lost_beyond": lost_beyond,
-            "quarantined": len(quarantined)}
+            "quarantined": len(quarantined), "applied": applied}
 
 
 def main(argv=None):
@@ -197,8 +200,9 @@ def main(argv=None):
     same = [all(np.array_equal(a, b) for a, b in zip(want, params(
         os.path.join(root, "faulted" if args.chains == 1 else f"faulted_{n}"), args.steps)))
         for n in names]
-    total = {k: sum(r[k] for r in results) for k in results[0]}
-    drawn = ", ".join(f"{k} {kinds.count(k)}" for k in FAULTS)
+    total = {k: sum(r[k] for r in results) for k in results[0] if k != "applied"}
+    applied = [k for r in results for k in r["applied"]]
+    drawn = ", ".join(f"{k} {applied.count(k)}" for k in FAULTS)
     print(f"faults: {total['faults']} ({drawn}) in {args.chains} chain(s); restarts that resumed from "
           f"the newest readable checkpoint: {total['resumed']}/{total['faults']}; kills that landed "
           f"during a checkpoint write: {total['in_write']}/{total['tried_in_write']}; quarantined "
