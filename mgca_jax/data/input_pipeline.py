@@ -150,7 +150,7 @@ def _piece_order(seed, epoch, n_pieces):
 
 def train_records(config, builder, start_step=0, process_index=0, process_count=1):
     """Infinite stream of this process's serialized train records, from record
-    start_step * local batch on, in O(number of files) (never re-reading skipped records).
+    start_step * local batch on, in O(number of pieces) (never re-reading skipped records).
 
     Every epoch reads each record of the part once: the pieces (at most
     config.input.shuffle_buffer records of one file) in a seeded per-epoch order, the
