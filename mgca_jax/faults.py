@@ -152,7 +152,12 @@ def _first_line(e: Exception) -> str:
 
 def restore_newest_readable(mngr, target):
     """(state, step) of the newest checkpoint that restores, or (None, None) when there is
-    none. Unreadable ones go to quarantine; a checkpoint of another shape is a TrainError."""
+    none. Unreadable ones go to quarantine; a checkpoint of another shape is a TrainError.
+
+    With several processes, a step counts as readable only if every process read it
+    (one all-gather per try), so all of them resume from the same step; only process 0
+    moves an unreadable one, and the others reload only after it has.
+    """
     directory = str(mngr.directory)
     steps = sorted(mngr.all_steps(), reverse=True)
     for step in steps:
@@ -165,16 +170,26 @@ def restore_newest_readable(mngr, target):
         if mismatch:
             raise TrainError(f"--workdir: checkpoint {directory}/{step} does not fit the config: "
                              f"param {mismatch}; resume with the run's config or use a new workdir")
-        if error is None:
+        if _all_processes_agree(error is None):
             try:
-                return mngr.restore(step, args=ocp.args.StandardRestore(target)), step
+                state = mngr.restore(step, args=ocp.args.StandardRestore(target))
             except Exception as e:  # noqa: BLE001
                 error = e
-        # Every process saw the same files; process 0 moves them.
-        moved = quarantine(directory, step) if jax.process_index() == 0 else "quarantine"
-        print(f"warning: checkpoint {directory}/{step} is unreadable ({_first_line(error)}); "
+            if _all_processes_agree(error is None):
+                return state, step
+        reason = _first_line(error) if error else "another process could not read it"
+        moved, move_error = "quarantine", None
+        if jax.process_index() == 0:
+            try:
+                moved = quarantine(directory, step)
+            except OSError as e:
+                move_error = e
+        if not _all_processes_agree(move_error is None):   # also: nobody reloads before the move
+            raise TrainError(f"--workdir: checkpoint {directory}/{step} is unreadable ({reason}) "
+                             f"and process 0 could not move it to quarantine/ "
+                             f"({_first_line(move_error) if move_error else 'see its log'})")
+        print(f"warning: checkpoint {directory}/{step} is unreadable ({reason}); "
               f"moved it to {moved}", flush=True)
-        _all_processes_agree(True)
         mngr.reload()
     if steps:
         raise TrainError(f"--workdir: no readable checkpoint in {directory} (moved {len(steps)} "

@@ -225,3 +225,31 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_the_same_step(data_dir, t
     assert len(saved[0]) == 1 and saved[0] == saved[1], outs
     assert saved_steps(workdir) == saved[0]
     assert saved[0][0] >= 3
+
+
+def test_two_processes_agree_on_the_fallback_and_only_process_0_quarantines(tmp_path):
+    """Step 6 fails on process 1 only, step 4 on process 0 only: both must resume from 2;
+    6 and 4 are moved once each, by process 0."""
+    from test_multiprocess import free_port
+    for step in (2, 4, 6):
+        os.makedirs(tmp_path / "checkpoints" / str(step))
+        (tmp_path / "checkpoints" / str(step) / "data").write_text(str(step))
+    worker = os.path.join(os.path.dirname(__file__), "multiprocess_quarantine_worker.py")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", coordinator,
+                               f"{tmp_path},6:1,4:0"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert "resumed: 2" in out.splitlines(), out
+        assert [l.split()[2] for l in out.splitlines() if l.startswith("warning:")] == [
+            f"{tmp_path}/checkpoints/6", f"{tmp_path}/checkpoints/4"], out
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    assert sorted(os.listdir(tmp_path / "quarantine")) == ["4", "6"]
+    assert (tmp_path / "quarantine" / "6" / "data").read_text() == "6"

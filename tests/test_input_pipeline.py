@@ -1,6 +1,7 @@
 """Input pipeline: ops, object words, masks never in training input, exact resume."""
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -84,3 +85,62 @@ def test_each_process_reads_its_own_half(setup):
              for i in range(2)]
     assert first[0]["image"].shape[0] == first[1]["image"].shape[0] == config.batch_size // 2
     assert not np.array_equal(first[0]["image"], first[1]["image"])
+
+
+def _small_pieces(config, size=12):
+    config = config.copy_and_resolve_references()
+    config.input.shuffle_buffer = size     # many pieces, not aligned with the batches
+    return config
+
+
+def test_each_epoch_reads_the_process_part_once_in_a_new_order(setup):
+    config, builder, _ = setup
+    config = _small_pieces(config)
+    n = builder.info.splits["train"].num_examples
+    part = n // 2
+    decoders = input_pipeline._skip_image_decoding(builder)
+    seen = []
+    for p in range(2):
+        stream = input_pipeline.train_records(config, builder, 0, p, 2).take(2 * part)
+        images = [builder.info.features.deserialize_example(r, decoders=decoders)["image"].numpy()
+                  for r in stream]
+        # Reference: tfds's own reader of records [p*part, (p+1)*part) of the split, in file order.
+        ref = builder.as_dataset(split=f"train[{p * part}:{(p + 1) * part}]", shuffle_files=False,
+                                 decoders=decoders)
+        want = sorted(ex["image"] for ex in ref.as_numpy_iterator())
+        assert len(want) == part
+        for epoch in range(2):
+            assert sorted(images[epoch * part:(epoch + 1) * part]) == want
+        assert images[:part] != images[part:]               # a new order every epoch
+        assert images[:part] != [ex["image"] for ex in ref.as_numpy_iterator()]  # shuffled
+        seen.append(set(images))
+    assert not seen[0] & seen[1]                            # the processes' parts are disjoint
+
+
+def test_resume_across_an_epoch_boundary(setup):
+    config, builder, ctx = setup
+    config = _small_pieces(config)
+    steps_per_epoch = builder.info.splits["train"].num_examples // config.batch_size
+    it = input_pipeline.as_numpy(input_pipeline.train_dataset(config, builder, ctx, 0, 1, 2))
+    full = [next(it) for _ in range(steps_per_epoch + 3)]
+    for start in (steps_per_epoch - 1, steps_per_epoch + 1):
+        resumed = input_pipeline.as_numpy(input_pipeline.train_dataset(config, builder, ctx, start, 1, 2))
+        for want in full[start:]:
+            got = next(resumed)
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_resume_at_a_very_late_step_is_cheap(setup):
+    """Step 10**9 (tens of millions of epochs): the old reader would re-read 1.6e10 records."""
+    config, builder, ctx = setup
+    config = _small_pieces(config)
+    late = 10**9
+    t0 = time.perf_counter()
+    at = next(input_pipeline.as_numpy(input_pipeline.train_dataset(config, builder, ctx, late)))
+    assert time.perf_counter() - t0 < 60
+    before = input_pipeline.as_numpy(input_pipeline.train_dataset(config, builder, ctx, late - 1))
+    next(before)
+    want = next(before)
+    for key in want:
+        np.testing.assert_array_equal(at[key], want[key])

@@ -3,8 +3,9 @@
 Training input holds only what `config.input.pp_train` keeps: never the
 evaluation masks. Each process reads its own slice of the split. Shuffling and
 augmentation are deterministic given `config.seed`, so a run resumed at step s
-sees exactly the batches it would have seen (the reader skips s * local_batch
-examples before decoding; docs/method.md, "Input").
+sees exactly the batches it would have seen; the reader opens the piece of the
+file that holds record s * local_batch and skips only inside it (`train_records`;
+docs/method.md, "Input").
 """
 import os
 
@@ -120,17 +121,85 @@ def _add_seed(seed):
     return fn
 
 
-def train_dataset(config, builder, ctx, start_step=0, process_index=0, process_count=1):
-    """Infinite dataset of local batches (global batch / process count)."""
+def _pieces(builder, split, process_index, process_count, piece_size):
+    """This process's part of `split` as pieces (file, skip, take): consecutive records of
+    one file, at most `piece_size` each. Process p reads records [p*m, (p+1)*m) of the split,
+    m = split size // process count (the remainder is dropped)."""
+    files, skips, takes = [], [], []
+    instructions = builder.info.splits[split].file_instructions
+    part = sum(fi.take for fi in instructions) // process_count
+    lo, hi, offset = process_index * part, (process_index + 1) * part, 0
+    for fi in instructions:
+        first, last = max(lo, offset), min(hi, offset + fi.take)  # the part's records in this file
+        for start in range(first, last, piece_size):
+            files.append(os.fspath(fi.filename))
+            skips.append(fi.skip + start - offset)
+            takes.append(min(piece_size, last - start))
+        offset += fi.take
+    if not files:
+        raise ConfigError(f"config.data.train_split: {split!r} has {offset} examples, fewer than "
+                          f"the {process_count} processes that share it")
+    return files, np.asarray(skips, np.int64), np.asarray(takes, np.int64)
+
+
+def _piece_order(seed, epoch, n_pieces):
+    """The order of the pieces in `epoch` (a tf op; the same in graph and eager mode)."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(n_pieces, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+
+
+def train_records(config, builder, start_step=0, process_index=0, process_count=1):
+    """Infinite stream of this process's serialized train records, from record
+    start_step * local batch on, in O(number of pieces) (never re-reading skipped records).
+
+    Every epoch reads each record of the part once: the pieces (at most
+    config.input.shuffle_buffer records of one file) in a seeded per-epoch order, the
+    records of each piece in a seeded order. So a record's place in the stream is a
+    function of (seed, process, epoch, position): resuming opens the piece at the
+    resume position and skips only inside it.
+    """
+    if builder.info.file_format and builder.info.file_format.value != "tfrecord":
+        raise ConfigError(f"config.data: training reads tfrecord files; {builder.name} is stored "
+                          f"as {builder.info.file_format.value}")
     local_batch = config.batch_size // process_count
-    split = tfds.even_splits(config.data.train_split, n=process_count, drop_remainder=True)[process_index]
-    read_config = tfds.ReadConfig(shuffle_seed=config.seed, interleave_cycle_length=4,
-                                  add_tfds_id=False)
-    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
-                            decoders=_skip_image_decoding(builder))
-    ds = ds.repeat().shuffle(config.input.shuffle_buffer, seed=config.seed + process_index)
-    ds = ds.enumerate().map(_add_seed(config.seed * 1000 + process_index))
-    ds = ds.skip(start_step * local_batch)
+    files, skips, takes = _pieces(builder, config.data.train_split, process_index, process_count,
+                                  config.input.shuffle_buffer)
+    seed = config.seed * 1000 + process_index
+    n_pieces, part = len(files), int(takes.sum())
+    epoch, position = divmod(start_step * local_batch, part)
+    ends = np.cumsum(takes[_piece_order(seed, epoch, n_pieces).numpy()])
+    rank = int(np.searchsorted(ends, position, side="right"))    # the piece holding `position`
+    within = position - (int(ends[rank - 1]) if rank else 0)
+    files, skips, takes = tf.constant(files), tf.constant(skips), tf.constant(takes)
+
+    def epoch_pieces(e):
+        order = _piece_order(seed, e, n_pieces)
+        return tf.data.Dataset.from_tensor_slices((tf.fill([n_pieces], e), order))
+
+    def read_piece(e, piece):
+        records = tf.data.TFRecordDataset(files[piece]).skip(skips[piece]).take(takes[piece])
+        return records.batch(takes[piece])                        # one element: the whole piece
+
+    def shuffle_piece(e, piece, records):
+        piece_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.cast(seed, tf.int64), e]),
+                                                               piece + 1)
+        return tf.random.experimental.stateless_shuffle(records, seed=piece_seed)
+
+    pieces = tf.data.Dataset.range(epoch, np.iinfo(np.int64).max).flat_map(epoch_pieces).skip(rank)
+    ds = pieces.flat_map(lambda e, piece: read_piece(e, piece).map(
+        lambda records: shuffle_piece(e, piece, records)))
+    return ds.prefetch(1).unbatch().skip(within)     # prefetch: the next piece loads meanwhile
+
+
+def train_dataset(config, builder, ctx, start_step=0, process_index=0, process_count=1):
+    """Infinite dataset of local batches (global batch / process count), from batch
+    `start_step` on: the same batches as an uninterrupted run would give."""
+    local_batch = config.batch_size // process_count
+    decoders = _skip_image_decoding(builder)
+    ds = train_records(config, builder, start_step, process_index, process_count)
+    ds = ds.map(lambda record: builder.info.features.deserialize_example(record, decoders=decoders),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.enumerate(start_step * local_batch).map(_add_seed(config.seed * 1000 + process_index))
     ds = ds.map(ops.build(config.input.pp_train.format(**config.input), ctx), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
