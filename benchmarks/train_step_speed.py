@@ -5,6 +5,11 @@ AdamW from `train.make_optimizer`) on random batches:
 
   image_text  the image-text InfoNCE only (mean pooling, global attention)
   full        configs/demo.py's loss settings (all five terms) at the same dimensions
+  full_slots  the same with config.model.object_prompt_slots = --object_prompt_slots
+              (each distinct object prompt of a batch through the text tower once)
+
+Object prompts are drawn as in the data pipeline: one prompt per object word (--object_words
+words), empty slots all padding.
 
 With --peer PYTHON (an interpreter with torch and open_clip, e.g. /work/peer_venv/bin/python;
 README "Throughput"), the same run also times open_clip's CLIP + ClipLoss + AdamW at
@@ -56,16 +61,18 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer", default="", help="python with torch + open_clip; '' = no peer")
     ap.add_argument("--peer_modes", default="eager,compile")
-    ap.add_argument("--modes", default="image_text,full")
+    ap.add_argument("--modes", default="image_text,full,full_slots")
+    ap.add_argument("--object_words", type=int, default=20, help="distinct object words drawn")
+    ap.add_argument("--object_prompt_slots", type=int, default=64)
     ap.add_argument("--no_breakdown", action="store_true")
     args = ap.parse_args(argv)
     for name in ("batch", "image_size", "max_len", "vocab", "embed_dim", "steps", "repeats", "threads"):
         if getattr(args, name) <= 0:
             print(f"error: --{name}: must be positive, got {getattr(args, name)}", file=sys.stderr)
             sys.exit(2)
-    bad = set(args.modes.split(",")) - {"image_text", "full"}
+    bad = set(args.modes.split(",")) - {"image_text", "full", "full_slots"}
     if bad:
-        print(f"error: --modes: unknown {sorted(bad)}; use image_text,full", file=sys.stderr)
+        print(f"error: --modes: unknown {sorted(bad)}; use image_text,full,full_slots", file=sys.stderr)
         sys.exit(2)
     if args.peer and not os.path.exists(args.peer):
         print(f"error: --peer: no such interpreter {args.peer}", file=sys.stderr)
@@ -82,7 +89,10 @@ def make_config(args, mode):
     c.input.image_size, c.input.max_len = args.image_size, args.max_len
     c.model.image_variant, c.model.text_variant = args.image_variant, args.text_variant
     c.model.vocab_size, c.model.embed_dim, c.model.dtype = args.vocab, args.embed_dim, args.dtype
-    if mode == "full":      # demo's objective and its settings; towers as above (global attention)
+    c.input.object_words = args.object_words
+    if mode == "full_slots":
+        c.model.object_prompt_slots = args.object_prompt_slots
+    if mode.startswith("full"):      # demo's objective and its settings; towers as above (global attention)
         saved = os.environ.pop("MGCA_SMOKE", None)
         try:
             c.loss = demo.get_config().loss
@@ -99,14 +109,15 @@ def random_batch(config, seed=0):
     lengths = rng.integers(6, i.max_len + 1, b)
     tokens = rng.integers(4, config.model.vocab_size, (b, i.max_len)).astype(np.int32)
     tokens[np.arange(i.max_len)[None] >= lengths[:, None]] = 0
-    obj_len = rng.integers(5, i.object_max_len + 1, (b, i.num_objects))
-    obj = rng.integers(4, config.model.vocab_size, (b, i.num_objects, i.object_max_len)).astype(np.int32)
-    obj[np.arange(i.object_max_len)[None, None] >= obj_len[..., None]] = 0
+    words = rng.integers(4, config.model.vocab_size, (i.object_words, i.object_max_len)).astype(np.int32)
+    words[np.arange(i.object_max_len)[None] >= rng.integers(5, i.object_max_len + 1, (i.object_words, 1))] = 0
+    ids = rng.integers(0, i.object_words, (b, i.num_objects)).astype(np.int32)
     n_valid = rng.integers(1, i.num_objects + 1, b)
+    valid = np.arange(i.num_objects)[None] < n_valid[:, None]
+    obj = np.where(valid[..., None], words[ids], 0).astype(np.int32)
     return {"image": rng.normal(size=(b, i.image_size, i.image_size, 3)).astype(np.float32),
             "tokens": tokens, "object_tokens": obj,
-            "object_ids": rng.integers(0, 20, (b, i.num_objects)).astype(np.int32),
-            "object_mask": np.arange(i.num_objects)[None] < n_valid[:, None]}
+            "object_ids": ids, "object_mask": valid}
 
 
 class ProjectStep:
@@ -199,7 +210,7 @@ def time_parts(step, reps):
         b, k, lo = batch["object_tokens"].shape
         parts["text tower (object prompts)"] = (grad_of(lambda p: model.apply(
             {"params": p}, batch["object_tokens"].reshape(b * k, lo),
-            method=model.encode_text)["text_embed"]), (params,))
+            method=model.encode_prompts)), (params,))
     for name, w in losses.active_terms(config.loss).items():
         cfg = config.loss.copy_and_resolve_references()
         cfg.weights = {n: (1.0 if n == name else 0.0) for n in losses.TERMS}
@@ -270,9 +281,10 @@ def main(argv=None):
                 if a.startswith("mgca_jax") and b.startswith("mgca_jax") and a > b:
                     continue
                 print(f"  {a} / {b}: {med[a] / med[b]:.2f}")
-    if "mgca_jax image_text" in med and "mgca_jax full" in med:
-        print(f"  full step time / image-text step time: "
-              f"{med['mgca_jax image_text'] / med['mgca_jax full']:.2f}")
+    for full in ("full", "full_slots"):
+        if "mgca_jax image_text" in med and f"mgca_jax {full}" in med:
+            print(f"  {full} step time / image-text step time: "
+                  f"{med['mgca_jax image_text'] / med[f'mgca_jax {full}']:.2f}")
     if not args.no_breakdown:
         for name, step in runners.items():
             if not name.startswith("mgca_jax"):

@@ -101,3 +101,50 @@ def test_local_attention_limits_the_receptive_field():
     one_hop = moved("1,0,0,0")
     np.testing.assert_array_equal(np.argwhere(one_hop), [[0, 0], [0, 1], [1, 0], [1, 1]])
     assert moved("").all()   # global attention: every patch sees the change
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_self_attention_matches_flax_attention_with_the_same_parameters(masked):
+    """The fused-QKV attention has flax MultiHeadDotProductAttention's parameter tree
+    (so checkpoints carry over) and its output for the same parameters and mask."""
+    import flax.linen as nn
+    from mgca_jax.models.vit import SelfAttention
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 7, 32)), jnp.float32)
+    valid = jnp.asarray(np.arange(7)[None] < np.array([[7], [4], [1]]))
+    mask = nn.make_attention_mask(valid, valid) if masked else None
+    ours = SelfAttention(num_heads=4)
+    ref = nn.MultiHeadDotProductAttention(num_heads=4)
+    params = ref.init(jax.random.key(1), x, x)["params"]
+    params = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32), params)
+    own = ours.init(jax.random.key(1), x)["params"]
+    assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, params)
+    got = ours.apply({"params": params}, x, mask)
+    want = ref.apply({"params": params}, x, x, mask=mask)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_object_prompts_encoded_once_match_the_plain_path():
+    """object_prompt_slots: each distinct prompt through the tower once gives the plain
+    path's embeddings and gradients; with more distinct prompts than slots the plain path runs."""
+    r = np.random.default_rng(0)
+    words = r.integers(4, 64, (5, 6)).astype(np.int32)       # 5 prompts; empty slots all padding
+    ids = r.integers(0, 5, (8, 4))
+    ids[:, 3] = -1
+    obj = np.where(ids[..., None] >= 0, words[np.maximum(ids, 0)], 0).astype(np.int32)
+    batch = {"image": jnp.asarray(r.normal(size=(8, 16, 16, 3)), jnp.float32),
+             "tokens": jnp.asarray(r.integers(4, 64, (8, 10)), jnp.int32),
+             "object_tokens": jnp.asarray(obj)}
+    params = two_tower.TwoTower(vocab_size=64, max_len=10).init(jax.random.key(0), batch)["params"]
+
+    def embed_and_grad(slots):
+        m = two_tower.TwoTower(vocab_size=64, max_len=10, object_prompt_slots=slots)
+        f = lambda p: m.apply({"params": p}, batch)["object_embed"]  # noqa: E731
+        return jax.jit(f)(params), jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(f(p)))))(params)
+
+    want, want_g = embed_and_grad(0)
+    for slots in (6, 3):                         # 6 distinct prompts: fits; 3: falls back
+        got, got_g = embed_and_grad(slots)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * float(np.abs(b).max()) + 1e-6)
