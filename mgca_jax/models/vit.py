@@ -8,9 +8,7 @@ docs/method.md, "Image tower").
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 # width, depth, mlp_dim, heads. "mu" is a micro size for CPU demos and tests.
 SIZES = {
@@ -48,51 +46,6 @@ class MlpBlock(nn.Module):
         return nn.Dense(width, dtype=self.dtype, name="fc2")(x)
 
 
-def _dense_init(shape_in, shape_out):
-    """flax DenseGeneral's kernel init: lecun_normal on the flattened [in, out] matrix."""
-    init = nn.initializers.lecun_normal()
-    return lambda key, shape: init(key, (int(np.prod(shape_in)), int(np.prod(shape_out)))).reshape(shape)
-
-
-class _Projection(nn.Module):
-    """The kernel and bias of one projection, named like flax's DenseGeneral's."""
-    shape_in: tuple
-    shape_out: tuple
-
-    @nn.compact
-    def __call__(self):
-        kernel = self.param("kernel", _dense_init(self.shape_in, self.shape_out),
-                            (*self.shape_in, *self.shape_out))
-        return kernel, self.param("bias", nn.initializers.zeros, self.shape_out)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with the parameters of flax's MultiHeadDotProductAttention
-    (query/key/value kernels [W, H, D], out [H, D, W]; checkpoints carry over), computed
-    as one fused QKV matmul, heads-major scores and a float32 softmax."""
-    num_heads: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, mask=None):
-        b, n, w = x.shape
-        h = self.num_heads
-        d = w // h
-        qkv = [_Projection((w,), (h, d), name=k)() for k in ("query", "key", "value")]
-        kernel = jnp.stack([k for k, _ in qkv], axis=1).reshape(w, 3 * w).astype(self.dtype)
-        bias = jnp.stack([b_ for _, b_ in qkv]).reshape(3 * w).astype(self.dtype)
-        y = (x.astype(self.dtype) @ kernel + bias).reshape(b, n, 3, h, d)
-        q, k, v = (y[:, :, i].transpose(0, 2, 1, 3) for i in range(3))     # [b, h, n, d]
-        scores = (q * (1.0 / np.sqrt(d)).astype(self.dtype)) @ k.swapaxes(-1, -2)
-        scores = scores.astype(jnp.float32)
-        if mask is not None:
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        att = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        y = (att @ v).transpose(0, 2, 1, 3).reshape(b, n, w)               # [b, n, h*d]
-        out_kernel, out_bias = _Projection((h, d), (w,), name="out")()
-        return y @ out_kernel.reshape(w, w).astype(self.dtype) + out_bias.astype(self.dtype)
-
-
 class EncoderBlock(nn.Module):
     """Pre-LN Transformer block; `mask` is [B, 1, L, L] or None."""
     mlp_dim: int
@@ -102,7 +55,8 @@ class EncoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None):
         y = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
-        y = SelfAttention(self.num_heads, self.dtype, name="attn")(y, mask)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, name="attn")(y, y, mask=mask)
         x = x + y
         y = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
         return x + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(y)
