@@ -87,6 +87,7 @@ def make_config(args, mode):
     c = common.base_config()
     c.batch_size, c.total_steps, c.warmup_steps, c.grad_clip = args.batch, 1000, 10, 0.0
     c.input.image_size, c.input.max_len = args.image_size, args.max_len
+    c.input.object_max_len = min(c.input.object_max_len, args.max_len)   # within the position table
     c.model.image_variant, c.model.text_variant = args.image_variant, args.text_variant
     c.model.vocab_size, c.model.embed_dim, c.model.dtype = args.vocab, args.embed_dim, args.dtype
     c.input.object_words = args.object_words
