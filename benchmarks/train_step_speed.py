@@ -294,7 +294,7 @@ def main(argv=None):
                   f"{args.repeats} timed calls; FLOPs from XLA cost analysis):")
             print("| part | ms | GFLOP |\n| --- | ---: | ---: |")
             for part, (sec, gflop) in time_parts(step, args.repeats).items():
-                print(f"| {part} | {1e3 * sec:.1f} | {gflop:.2f} |")
+                print(f"| {part} | {1e3 * sec:.1f} | {gflop:.3g} |")
             print(f"| whole step | {1e3 * args.batch / med[name]:.1f} | - |")
     print(f"\nload average {os.getloadavg()[0]:.2f} at end", flush=True)
 
