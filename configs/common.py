@@ -54,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.embed_dim = 128
     c.model.temperature_init = 0.07
     c.model.vocab_size = -1           # -1 = the tokenizer's
-    c.model.dtype = "float32"
+    c.model.dtype = "float32"           # "bfloat16": bf16 compute, float32 master weights
+    c.model.object_prompt_slots = 0     # > 0: encode each distinct object prompt of a batch once
 
     c.loss = ml_collections.ConfigDict()
     c.loss.weights = ml_collections.ConfigDict(

@@ -121,3 +121,24 @@ def test_inference_speed_takes_the_patch_from_the_variant():
     assert "mu/8 at 48x48 (6x6 = 36 patches)" in proc.stdout, proc.stdout
     rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("pixel ")]
     assert len(rows) == 1 and float(rows[0][1]) > 0 and float(rows[0][3]) > 0, proc.stdout
+
+
+def test_train_step_speed_prints_rates_and_breakdown():
+    """Small dims, one step, no peer: the rate row and the breakdown's parts are printed."""
+    import subprocess
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    script = os.path.join(ROOT, "benchmarks", "train_step_speed.py")
+    proc = subprocess.run([sys.executable, script, "--batch=4", "--image_size=16", "--max_len=8",
+                           "--vocab=32", "--embed_dim=16", "--steps=1", "--repeats=1",
+                           "--modes=image_text"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in proc.stdout.splitlines()
+            if ln.startswith("| ") and not ln.startswith("| ---")}
+    assert float(rows["mgca_jax image_text"][0]) > 0, proc.stdout
+    for part in ("image tower", "text tower (captions)", "loss: image_text", "optimizer (AdamW update)"):
+        ms, gflop = map(float, rows[part])
+        assert ms > 0 and gflop > 0, (part, proc.stdout)
+    bad = subprocess.run([sys.executable, script, "--batch=0"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --batch: must be positive, got 0"], bad.stderr

@@ -101,3 +101,32 @@ def test_local_attention_limits_the_receptive_field():
     one_hop = moved("1,0,0,0")
     np.testing.assert_array_equal(np.argwhere(one_hop), [[0, 0], [0, 1], [1, 0], [1, 1]])
     assert moved("").all()   # global attention: every patch sees the change
+
+
+def test_object_prompts_encoded_once_match_the_plain_path():
+    """object_prompt_slots: each distinct prompt through the tower once gives the plain
+    path's embeddings and gradients; with more distinct prompts than slots the plain path runs."""
+    r = np.random.default_rng(0)
+    words = r.integers(4, 64, (5, 6)).astype(np.int32)       # 5 prompts; empty slots all padding
+    ids = r.integers(0, 5, (8, 4))
+    ids[:, 3] = -1
+    obj = np.where(ids[..., None] >= 0, words[np.maximum(ids, 0)], 0).astype(np.int32)
+    batch = {"image": jnp.asarray(r.normal(size=(8, 16, 16, 3)), jnp.float32),
+             "tokens": jnp.asarray(r.integers(4, 64, (8, 10)), jnp.int32),
+             "object_tokens": jnp.asarray(obj)}
+    params = two_tower.TwoTower(vocab_size=64, max_len=10).init(jax.random.key(0), batch)["params"]
+
+    def embed_and_grad(slots):
+        m = two_tower.TwoTower(vocab_size=64, max_len=10, object_prompt_slots=slots)
+        f = lambda p: m.apply({"params": p}, batch)["object_embed"]  # noqa: E731
+        return jax.jit(f)(params), jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(f(p)))))(params)
+
+    want, want_g = embed_and_grad(0)
+    for slots in (6, 3):                         # 6 distinct prompts: fits; 3: falls back
+        got, got_g = embed_and_grad(slots)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # Over the whole gradient: leaves whose true gradient cancels to ~1e-7 differ in noise.
+        diff = sum(float(np.sum((np.asarray(a) - b) ** 2))
+                   for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)))
+        norm = sum(float(np.sum(np.asarray(b) ** 2)) for b in jax.tree.leaves(want_g))
+        assert np.sqrt(diff) <= 1e-4 * np.sqrt(norm), (slots, np.sqrt(diff / norm))

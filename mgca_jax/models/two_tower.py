@@ -30,6 +30,7 @@ class TwoTower(nn.Module):
     image_stem: str = "patch"
     attention_radius: str = ""
     dtype: Any = jnp.float32
+    object_prompt_slots: int = 0    # > 0: encode each distinct object prompt of a batch once
 
     def setup(self):
         self.image_tower = ViT(self.image_variant, self.dtype, self.image_stem, self.attention_radius)
@@ -56,14 +57,34 @@ class TwoTower(nn.Module):
                 "text_embed": self.text_head(out["pooled"]).astype(jnp.float32),
                 "token_mask": out["mask"]}
 
+    def encode_prompts(self, prompts):
+        """prompts [P, Lo] -> text_embed [P, E]. Object prompts repeat within a batch (one
+        template around a word; empty slots are all padding): with `object_prompt_slots` = S,
+        the first S distinct prompts go through the text tower once each and their
+        embeddings are gathered back; a batch with more than S distinct prompts takes the
+        plain path (lax.cond), so the result never depends on S."""
+        s = self.object_prompt_slots
+        if not s or s >= prompts.shape[0]:
+            return self.encode_text(prompts)["text_embed"]
+        distinct, inverse = jnp.unique(prompts, axis=0, size=s, fill_value=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        fits = jnp.all(distinct[inverse] == prompts)
+
+        def once(mdl, distinct, inverse, prompts):
+            return mdl.encode_text(distinct)["text_embed"][inverse]
+
+        def plain(mdl, distinct, inverse, prompts):
+            return mdl.encode_text(prompts)["text_embed"]
+        return nn.cond(fits, once, plain, self, distinct, inverse, prompts)
+
     def __call__(self, batch, with_objects: bool = True):
         """batch: image [B,H,W,3], tokens [B,L], optional object_tokens [B,K,Lo]."""
         out = dict(self.encode_image(batch["image"]))
         out.update(self.encode_text(batch["tokens"]))
         if with_objects and "object_tokens" in batch:
             b, k, lo = batch["object_tokens"].shape
-            obj = self.encode_text(batch["object_tokens"].reshape(b * k, lo))
-            out["object_embed"] = obj["text_embed"].reshape(b, k, -1)
+            out["object_embed"] = self.encode_prompts(
+                batch["object_tokens"].reshape(b * k, lo)).reshape(b, k, -1)
         out["logit_scale"] = self.logit_scale()
         return out
 
@@ -76,7 +97,8 @@ def make_model(config) -> TwoTower:
                     embed_dim=m.embed_dim, temperature_init=m.temperature_init,
                     image_stem=m.get("image_stem", "patch"),
                     attention_radius=str(m.get("attention_radius", "")),
-                    dtype=jnp.dtype(m.get("dtype", "float32")))
+                    dtype=jnp.dtype(m.get("dtype", "float32")),
+                    object_prompt_slots=int(m.get("object_prompt_slots", 0)))
 
 
 def random_params(model: TwoTower, image_size: int, num_tokens: int = 8, seed: int = 0) -> dict:

@@ -1,0 +1,113 @@
+"""The peer of benchmarks/train_step_speed.py: open_clip's CLIP + ClipLoss + AdamW.
+
+Runs under the peer interpreter (torch + open_clip; README "Throughput"), never the
+project's. Builds open_clip's CLIP at the given dimensions (ViT without class
+token, mean pooling; text tower with open_clip's causal mask and EOS pooling),
+warms up (and compiles, --mode compile), then reads one integer n per stdin line,
+runs n training steps on a fixed random batch and answers one JSON line
+{"seconds": ...}. The first line it writes describes the setup.
+"""
+import argparse
+import importlib.machinery
+import json
+import os
+import sys
+import time
+import types
+
+
+def stub_torchvision():
+    """open_clip imports torchvision for its preprocessing transforms and FrozenBatchNorm2d,
+    neither of which a training step here uses. PyPI's torchvision wheels need the CUDA
+    torch build, so with the CPU torch wheel these names are placeholders."""
+    class Placeholder(type):
+        def __getattr__(cls, name):
+            return cls
+
+    class Module(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return Placeholder(name, (), {})
+
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+                 "torchvision.ops", "torchvision.ops.misc"):
+        mod = Module(name)
+        mod.__path__ = []
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        sys.modules[name] = mod
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=("eager", "compile"), default="eager")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--image_size", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--max_len", type=int, default=32)
+    ap.add_argument("--vocab", type=int, default=512)
+    ap.add_argument("--embed_dim", type=int, default=128)
+    args = ap.parse_args()
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+
+    import torch
+    torch.set_num_threads(args.threads)
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 -- any failure: the wheel does not load with this torch
+        stub_torchvision()
+    import open_clip
+    from open_clip.loss import ClipLoss
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(0)
+    vision = CLIPVisionCfg(layers=4, width=128, head_width=32, mlp_ratio=3.0, patch_size=args.patch,
+                           image_size=args.image_size, pool_type="avg", no_ln_pre=True)
+    text = CLIPTextCfg(context_length=args.max_len, vocab_size=args.vocab, width=128, heads=4,
+                       layers=3, mlp_ratio=3.0)
+    model = CLIP(args.embed_dim, vision, text)
+    model.train()
+    loss_fn = ClipLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g)
+    tokens = torch.randint(4, args.vocab, (args.batch, args.max_len), generator=g)
+
+    def forward_loss():
+        out = model(images, tokens)
+        if isinstance(out, dict):
+            out = (out["image_features"], out["text_features"], out["logit_scale"])
+        return loss_fn(out[0], out[1], out[2])
+
+    fwd = torch.compile(forward_loss) if args.mode == "compile" else forward_loss
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = fwd()
+        loss.backward()
+        opt.step()
+        return loss
+
+    t = time.perf_counter()
+    for _ in range(2):
+        loss = step()
+    warmup = time.perf_counter() - t
+    if not torch.isfinite(loss):
+        sys.exit("peer: non-finite loss")
+    print(json.dumps({"params": sum(p.numel() for p in model.parameters()),
+                      "torch": torch.__version__, "open_clip": open_clip.__version__,
+                      "threads": torch.get_num_threads(), "warmup_s": warmup}), flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        t = time.perf_counter()
+        for _ in range(n):
+            loss = step()
+        loss = loss.item()
+        if loss != loss:
+            sys.exit("peer: non-finite loss")
+        print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
