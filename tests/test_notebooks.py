@@ -168,7 +168,9 @@ def test_quickstart(quickstart_folder):
     # The all-background predictor on the same 16 images, from the masks the notebook generated.
     import tensorflow_datasets as tfds
     from mgca_jax.data import scenes_builder
-    builder = scenes_builder.build(str(tmp_path / "data"), "tiny")
+    trained = json.loads((tmp_path / "workdirs/quickstart/config.json").read_text())
+    assert trained["data"]["config_name"] == "default" and trained["total_steps"] == 200
+    builder = scenes_builder.build(str(tmp_path / "data"), trained["data"]["config_name"])
     masks = np.stack([ex["mask"] for ex in tfds.as_numpy(builder.as_dataset(split="validation").take(16))])
     masks = masks.reshape(masks.shape[:3]).astype(np.int64)
     trivial = miou_float64(np.zeros_like(masks), masks, len(record["label_names"]))
@@ -176,10 +178,10 @@ def test_quickstart(quickstart_folder):
     print(f"quickstart: mIoU per unit " + ", ".join(f"{k} {100 * v['miou']:.2f}" for k, v in record["units"].items())
           + f"; all-background {100 * trivial:.2f}")
     assert all(0 <= u["miou"] <= 1 for u in record["units"].values())
-    # A 3-step smoke run predicts (nearly) all background; it must not score below that predictor.
-    # Longer smoke runs (50-300 steps of the tiny world) did not beat it reliably (docs/results.md,
-    # issue 13), so the strict check is the downstream probe's, on this run's export.
-    assert best >= trivial - 1e-6, (best, trivial)
+    # The smoke setting is 200 steps of the demo at 64 px (the tiny world's runs did not beat
+    # all background reliably: docs/results.md, issue 13). Every unit must beat the trivial
+    # predictor by 3 points on these 16 images (session 8: 17.68-18.04 % against 11.06 %).
+    assert min(u["miou"] for u in record["units"].values()) > trivial + 0.03, (record["units"], trivial)
     text = cell_text(nb)
     assert "export segmentation: (192, 192)" in text, text[-2000:]
     assert "loss" in text.split("tags:", 1)[1]
