@@ -28,6 +28,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mgca_jax.data import scenes  # noqa: E402
+from mgca_jax.evaluation import metrics  # noqa: E402
 from mgca_jax.models.vit import ViT, parse_variant  # noqa: E402
 
 NUM_CLASSES = len(scenes.CLASS_NAMES)
@@ -82,8 +83,7 @@ def miou(labels_grid, masks):
     n, s, _ = masks.shape
     g = int(round(np.sqrt(labels_grid.shape[1])))
     pred = labels_grid.reshape(n, g, g).repeat(s // g, 1).repeat(s // g, 2)
-    conf = np.bincount((masks.astype(np.int64) * (NUM_CLASSES + 1) + pred).ravel(),
-                       minlength=(NUM_CLASSES + 1) ** 2).reshape(NUM_CLASSES + 1, -1)
+    conf = metrics.confusion_matrix(pred, masks, NUM_CLASSES + 1)
     inter = np.diag(conf)
     return 100 * inter / np.maximum(conf.sum(0) + conf.sum(1) - inter, 1)
 
