@@ -60,17 +60,60 @@ def resize(ctx, size):
     return op
 
 
+def _crop_window(shape, ex, min_scale, max_scale, min_ratio, max_ratio):
+    """(begin, size) of an Inception-style crop of an image of `shape` [H, W, C]: random area
+    fraction and aspect, drawn from the example's seed (the same window for the same shape)."""
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.zeros([0, 0, 4], tf.float32), seed=_seed(ex, 1),
+        area_range=(min_scale, max_scale), aspect_ratio_range=(min_ratio, max_ratio),
+        use_image_if_no_bounding_boxes=True, max_attempts=10)
+    return begin, crop_size
+
+
 @register
-def random_resized_crop(ctx, size, min_scale=0.35, max_scale=1.0, min_ratio=3 / 4, max_ratio=4 / 3):
+def random_resized_crop(ctx, size, min_scale=0.35, max_scale=1.0, min_ratio=3 / 4, max_ratio=4 / 3,
+                        antialias=True):
     """Inception-style crop of random area fraction and aspect, resized to size."""
     def op(ex):
         ex = dict(ex)
-        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(ex["image"]), tf.zeros([0, 0, 4], tf.float32), seed=_seed(ex, 1),
-            area_range=(min_scale, max_scale), aspect_ratio_range=(min_ratio, max_ratio),
-            use_image_if_no_bounding_boxes=True, max_attempts=10)
+        begin, crop_size = _crop_window(tf.shape(ex["image"]), ex, min_scale, max_scale,
+                                        min_ratio, max_ratio)
         crop = tf.slice(ex["image"], begin, crop_size)
-        ex["image"] = tf.image.resize(crop, (size, size), antialias=True)
+        ex["image"] = tf.image.resize(crop, (size, size), antialias=antialias)
+        return ex
+    return op
+
+
+@register
+def decode_random_resized_crop(ctx, size, min_scale=0.35, max_scale=1.0, min_ratio=3 / 4,
+                               max_ratio=4 / 3, antialias=True):
+    """`decode|random_resized_crop(...)` in one op, decoding only the crop window: the window is
+    drawn from the JPEG header's shape (the same window `random_resized_crop` draws on the
+    decoded image) and `decode_and_crop_jpeg` decodes just it. Non-JPEG bytes are decoded whole,
+    then cropped. Training images only: an example with a mask is refused."""
+    window = lambda shape, ex: _crop_window(shape, ex, min_scale, max_scale,  # noqa: E731
+                                            min_ratio, max_ratio)
+
+    def from_jpeg(data, ex):
+        begin, crop_size = window(tf.image.extract_jpeg_shape(data, tf.int32), ex)
+        return tf.image.decode_and_crop_jpeg(data, tf.stack([begin[0], begin[1], crop_size[0],
+                                                             crop_size[1]]), channels=3)
+
+    def from_other(data, ex):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        begin, crop_size = window(tf.shape(image), ex)
+        return tf.slice(image, begin, crop_size)
+
+    def op(ex):
+        if "mask" in ex:
+            raise ValueError("decode_random_resized_crop: the example has a 'mask'; use "
+                             "'decode|random_resized_crop(...)' (it crops the mask too)")
+        ex = dict(ex)
+        data = ex["image"]
+        crop = tf.cond(tf.io.is_jpeg(data), lambda: from_jpeg(data, ex),
+                       lambda: from_other(data, ex))
+        ex["image"] = tf.image.resize(tf.ensure_shape(crop, [None, None, 3]), (size, size),
+                                      antialias=antialias)
         return ex
     return op
 
