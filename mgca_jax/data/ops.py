@@ -84,25 +84,37 @@ def random_resized_crop(ctx, size, min_scale=0.35, max_scale=1.0, min_ratio=3 / 
     return op
 
 
+JPEG_SCALES = (8, 4, 2, 1)   # the DCT scalings libjpeg decodes at (1/8 .. 1/1 of the pixels per side)
+
+
 @register
 def decode_random_resized_crop(ctx, size, min_scale=0.35, max_scale=1.0, min_ratio=3 / 4,
                                max_ratio=4 / 3, antialias=True):
-    """`decode|random_resized_crop(...)` in one op, decoding only the crop window: the window is
-    drawn from the JPEG header's shape (the same window `random_resized_crop` draws on the
-    decoded image) and `decode_and_crop_jpeg` decodes just it. Non-JPEG bytes are decoded whole,
-    then cropped. Training images only: an example with a mask is refused."""
-    window = lambda shape, ex: _crop_window(shape, ex, min_scale, max_scale,  # noqa: E731
-                                            min_ratio, max_ratio)
-
+    """`decode|random_resized_crop(...)` in one op that decodes only what it needs: the window
+    is drawn from the JPEG header's shape (the window `random_resized_crop` draws on the
+    decoded image), and `decode_and_crop_jpeg` decodes just it, at the coarsest DCT scaling
+    1/r (r in 8, 4, 2, 1) that keeps the window's short side >= size, so the resize still
+    shrinks. Non-JPEG bytes are decoded whole, then cropped. Training images only: an example
+    with a mask is refused."""
     def from_jpeg(data, ex):
-        begin, crop_size = window(tf.image.extract_jpeg_shape(data, tf.int32), ex)
-        return tf.image.decode_and_crop_jpeg(data, tf.stack([begin[0], begin[1], crop_size[0],
-                                                             crop_size[1]]), channels=3)
+        begin, crop = _crop_window(tf.image.extract_jpeg_shape(data, tf.int32), ex, min_scale,
+                                   max_scale, min_ratio, max_ratio)
+        short = tf.minimum(crop[0], crop[1])
+
+        def scaled(r):  # the window in the 1/r image, its edges rounded to the nearest pixel
+            start = (begin[:2] + r // 2) // r
+            stop = tf.maximum((begin[:2] + crop[:2] + r // 2) // r, start + 1)
+            window = tf.concat([start, stop - start], 0)
+            return lambda: tf.image.decode_and_crop_jpeg(data, window, channels=3, ratio=r)
+        fits = tf.stack([short // r >= size for r in JPEG_SCALES] + [True])
+        choice = tf.minimum(tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32),
+                            len(JPEG_SCALES) - 1)
+        return tf.switch_case(choice, [scaled(r) for r in JPEG_SCALES])
 
     def from_other(data, ex):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        begin, crop_size = window(tf.shape(image), ex)
-        return tf.slice(image, begin, crop_size)
+        begin, crop = _crop_window(tf.shape(image), ex, min_scale, max_scale, min_ratio, max_ratio)
+        return tf.slice(image, begin, crop)
 
     def op(ex):
         if "mask" in ex:
