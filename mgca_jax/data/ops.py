@@ -12,6 +12,7 @@ import ast
 import dataclasses
 from typing import Any, Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from mgca_jax.evaluation.protocol import IMAGENET_MEAN, IMAGENET_STD
@@ -196,12 +197,16 @@ def recolour(ctx, prob, key="caption"):
 @register
 def normalize(ctx):
     """uint8/float RGB in [0, 255] -> float32 standardised with ImageNet statistics."""
-    mean = tf.constant(IMAGENET_MEAN, tf.float32)
-    std = tf.constant(IMAGENET_STD, tf.float32)
+    # (x - mean) / std as one pass: [pixels, 3] @ diag(1 / std) + (-mean / std). On one CPU
+    # core this is ~3x faster than the two broadcasting ops (docs/results.md, "Cheaper host paths").
+    scale = tf.linalg.diag(tf.constant(1.0 / np.asarray(IMAGENET_STD), tf.float32))
+    offset = tf.constant(-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD), tf.float32)
 
     def op(ex):
         ex = dict(ex)
-        ex["image"] = (tf.cast(ex["image"], tf.float32) - mean) / std
+        image = tf.cast(ex["image"], tf.float32)
+        pixels = tf.nn.bias_add(tf.matmul(tf.reshape(image, [-1, 3]), scale), offset)
+        ex["image"] = tf.ensure_shape(tf.reshape(pixels, tf.shape(image)), image.shape)
         return ex
     return op
 
