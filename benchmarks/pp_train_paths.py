@@ -8,9 +8,10 @@ input_pipeline._options) over the cached encoded examples, in rounds: every roun
 chain once, so load on a shared machine falls on all of them alike. Prints each chain's median
 and best images per CPU-second of the process, and each chain's median ratio to the first.
 
-Default chains: `before` = configs/cc3m.py's chain as it was before issue 18 (decode, then
-crop and antialiased resize; the caption tokenized through the ragged batch path,
-`tokenize_ragged` below); `after` = the config's `input.pp_train`.
+Default chains: `before` = configs/cc3m.py's chain as it was before issue 18: decode, then
+crop and antialiased resize, `normalize` as two broadcasting ops (`normalize_broadcast`
+below), the caption tokenized through the ragged batch path (`tokenize_ragged` below);
+`after` = the config's `input.pp_train`.
 
 Usage:
   .venv/bin/python benchmarks/pp_train_paths.py [--width=683 --height=512]
@@ -31,10 +32,25 @@ import tensorflow as tf  # noqa: E402
 
 import input_pipeline as bench  # noqa: E402  (benchmarks/input_pipeline.py)
 from mgca_jax.data import input_pipeline, ops  # noqa: E402
+from mgca_jax.evaluation.protocol import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 TEXT = ("{tokenize}({max_len})|object_words({num_objects})|object_prompts({object_max_len})|"
         "keep('image','tokens','object_ids','object_mask','object_tokens')")
-BEFORE = "decode|random_resized_crop({image_size}, 0.9, 1.0)|flip_lr|normalize|" + TEXT
+BEFORE = "decode|random_resized_crop({image_size}, 0.9, 1.0)|flip_lr|normalize_broadcast|" + TEXT
+
+
+@ops.register
+def normalize_broadcast(ctx):
+    """`normalize` as it was before its one-matmul form: two broadcasting ops (same values
+    within float32 rounding, the old cost)."""
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+
+    def op(ex):
+        ex = dict(ex)
+        ex["image"] = (tf.cast(ex["image"], tf.float32) - mean) / std
+        return ex
+    return op
 
 
 @ops.register

@@ -4,7 +4,9 @@ import os
 import sys
 
 import jax
+import numpy as np
 import pytest
+import tensorflow as tf
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -108,6 +110,10 @@ def test_input_stage_rates_on_a_tiny_built_dataset(input_bench, tmp_path):
     outs = [next(iter(seeded.map(paths.ops.build(spec, ctx)).as_numpy_iterator()))
             for spec in chains.values()]
     assert outs[0]["tokens"].tolist() == outs[1]["tokens"].tolist() and outs[0]["tokens"][0] == 2
+    image = tf.random.uniform([5, 7, 3], 0, 255)
+    old, new = (paths.ops.build(op, ctx)({"image": image})["image"].numpy()
+                for op in ("normalize_broadcast", "normalize"))
+    np.testing.assert_allclose(old, new, rtol=1e-6, atol=1e-6)
     rates = paths.alternate(source, chains, ctx, rounds=2, seconds=0.05, min_images=4)
     assert {k: len(v) for k, v in rates.items()} == {"before": 2, "after": 2}
     assert min(min(v) for v in rates.values()) > 0
