@@ -85,12 +85,13 @@ def main(argv):
             print(f"error: --chain {item!r}: expected NAME=SPEC", file=sys.stderr)
             return 2
         chains[name] = spec
-    chains = {name: spec.format(**config.input) for name, spec in chains.items()}
     for name, spec in chains.items():
         try:
-            ops.parse(spec)
-        except ValueError as e:
-            print(f"error: chain {name!r}: {e}", file=sys.stderr)
+            chains[name] = spec.format(**config.input)
+            ops.parse(chains[name])
+        except (KeyError, IndexError, ValueError) as e:
+            print(f"error: chain {name!r}: {type(e).__name__}: {e} (fields: config.input's)",
+                  file=sys.stderr)
             return 2
 
     work_dir = FLAGS.work_dir or os.path.join(tempfile.gettempdir(), "mgca_input_bench")
