@@ -68,7 +68,7 @@ def get_config():
     c.input.vocab_size = 16_000        # pieces of the cached tokenizer; the model takes the loaded one's size
     c.input.tokenizer = ""             # the trained model; "" = DATA_DIR/cc3m/default/1.0.0/spm_16000.model
     c.input.shuffle_buffer = 250_000
-    # antialias=False: a plain bilinear resize of the crop; with it the chain runs ~2.6-2.75x the
+    # antialias=False: a plain bilinear resize of the crop; with it the chain runs ~2.1-2.75x the
     # host images/s of the old one, ~1.4-1.7x without it (docs/results.md, "Cheaper host paths")
     c.input.pp_train = ("decode|random_resized_crop({image_size}, 0.9, 1.0, antialias=False)|"
                         "flip_lr|normalize|"
