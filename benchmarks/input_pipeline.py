@@ -106,17 +106,21 @@ def make_shards(manual_dir, num_images, width, height, per_tar=100, seed=0):
                             "json": json.dumps({"key": key, "status": "success"})})
 
 
-def build_dataset(work_dir, num_images=200, width=400, height=300, num_workers=2):
-    """The prepared `cc3m` builder of a generated data set (reused if already built)."""
+def build_dataset(work_dir, num_images=200, width=400, height=300, num_workers=2,
+                  max_short_side=512):
+    """The prepared `cc3m` builder of a generated data set (reused if already built); images
+    stored with the short side <= max_short_side (the default config's 512, 0 = kept)."""
     root = os.path.join(work_dir, f"cc3m_like_n{num_images}_{width}x{height}")
     manual, data_dir = os.path.join(root, "shards"), os.path.join(root, "tfds")
-    builder = cc3m_builder.Cc3m(config="default", data_dir=data_dir)
+    config = ("default" if max_short_side == 512 else
+              cc3m_builder.config_with_overrides("default", max_short_side=max_short_side))
+    builder = cc3m_builder.Cc3m(config=config, data_dir=data_dir)
     if builder.is_prepared():
         return builder
     if not os.path.isdir(manual):
         make_shards(manual + ".tmp", num_images, width, height)
         os.replace(manual + ".tmp", manual)
-    return cc3m_builder.build(manual, data_dir, num_workers=num_workers)
+    return cc3m_builder.build(manual, data_dir, config=config, num_workers=num_workers)
 
 
 def stored_image_stats(builder, limit=256):

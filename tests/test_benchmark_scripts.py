@@ -4,7 +4,9 @@ import os
 import sys
 
 import jax
+import numpy as np
 import pytest
+import tensorflow as tf
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -72,7 +74,8 @@ def test_stage_specs_split_the_cc3m_chain(input_bench):
     c = cc3m.get_config()
     specs = input_bench.stage_specs(c.input.pp_train.format(**c.input))
     assert specs["decode"] == "decode"
-    assert specs["augment"] == "random_resized_crop(224, 0.9, 1.0)|flip_lr|normalize"
+    assert specs["augment"] == ("random_resized_crop(224, 0.9, 1.0, antialias=False)|"
+                               "flip_lr|normalize")
     assert specs["tokenize"] == "tokenize(77)|object_words(4)|object_prompts(16)"
     assert specs["pp_train"].startswith("decode|") and "keep(" in specs["pp_train"]
 
@@ -92,10 +95,28 @@ def test_input_stage_rates_on_a_tiny_built_dataset(input_bench, tmp_path):
                                            parallels=(1,))
     assert set(rates) == {(s, 1) for s in ("decode", "augment", "tokenize", "pp_train")}
     assert all(r["wall"] > 0 and r["cpu"] > 0 for r in rates.values()), rates
-    assert specs["augment"] == "random_resized_crop(32, 0.9, 1.0)|flip_lr|normalize"
+    assert specs["augment"] == ("random_resized_crop(32, 0.9, 1.0, antialias=False)|"
+                               "flip_lr|normalize")
     config.batch_size = 4
     config.input.shuffle_buffer = 8
     assert min(input_bench.measure_train_dataset(config, builder, ctx, seconds=0.05).values()) > 0
+    # benchmarks/pp_train_paths.py: its `before` chain tokenizes through the old ragged path,
+    # to the same ids; both chains time on the same source
+    paths = _load("pp_train_paths")
+    chains = {"before": paths.BEFORE.replace("{tokenize}", "tokenize_ragged").format(**config.input),
+              "after": config.input.pp_train.format(**config.input)}
+    source = input_bench.cached_source(builder)
+    seeded = source.enumerate().map(input_pipeline._add_seed(0))
+    outs = [next(iter(seeded.map(paths.ops.build(spec, ctx)).as_numpy_iterator()))
+            for spec in chains.values()]
+    assert outs[0]["tokens"].tolist() == outs[1]["tokens"].tolist() and outs[0]["tokens"][0] == 2
+    image = tf.random.uniform([5, 7, 3], 0, 255)
+    old, new = (paths.ops.build(op, ctx)({"image": image})["image"].numpy()
+                for op in ("normalize_broadcast", "normalize"))
+    np.testing.assert_allclose(old, new, rtol=1e-6, atol=1e-6)
+    rates = paths.alternate(source, chains, ctx, rounds=2, seconds=0.05, min_images=4)
+    assert {k: len(v) for k, v in rates.items()} == {"before": 2, "after": 2}
+    assert min(min(v) for v in rates.values()) > 0
     assert input_bench.cores_needed(1000.0, 250.0) == pytest.approx(4.0)
 
 

@@ -1,5 +1,6 @@
 """Image ops against NumPy references, run eagerly and inside tf.data (same results)."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mgca_jax.data import ops
@@ -116,3 +117,61 @@ def test_recolour_applies_one_of_the_eleven_transforms_with_its_probability():
     assert len(kinds) >= 8
     eager, _ = run_both("recolour(0.0)", with_caption(0, "a red circle"))
     assert eager["caption"].decode() == "a red circle"
+
+
+def photo_jpeg(h, w, seed, fmt="JPEG", cells=(4, 16, 64)):
+    """Encoded RGB image of smooth noise at a few scales (cell sizes in pixels, bilinear)."""
+    import io
+
+    from PIL import Image
+    r = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.float32)
+    for cell in cells:
+        small = r.normal(size=(h // cell + 2, w // cell + 2, 3)).astype(np.float32)
+        img += 30.0 * tf.image.resize(small, (h + 2 * cell, w + 2 * cell)).numpy()[:h, :w]
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img + 128, 0, 255).astype(np.uint8)).save(buf, format=fmt, quality=95)
+    return tf.constant(buf.getvalue())
+
+
+def crop_both_ways(data, seed, args):
+    """(crop-then-decode, decode-then-crop) images of one encoded image, same seed."""
+    ex = {"image": data, "_seed": tf.constant([seed, 3], tf.int64)}
+    fused, _ = run_both(f"decode_random_resized_crop({args})", ex)
+    ref, _ = run_both(f"decode|random_resized_crop({args})", ex)
+    return fused["image"], ref["image"]
+
+
+def test_crop_then_decode_at_full_scale_equals_decode_then_crop():
+    # window short side < 2 x size: decoded at 1/1, so the same window gives the same pixels
+    for seed in range(4):
+        fused, ref = crop_both_ways(photo_jpeg(150, 200, seed), seed, "96, 0.35, 1.0")
+        assert fused.shape == ref.shape == (96, 96, 3)
+        # libjpeg upsamples chroma differently at a crop's edge: only the border columns differ
+        np.testing.assert_allclose(fused[:, 1:-1], ref[:, 1:-1], atol=1e-3)
+        assert np.abs(fused - ref).mean() < 0.5
+    png = photo_jpeg(60, 80, 9, fmt="PNG")  # not a JPEG: decoded whole, then the same crop
+    fused, ref = crop_both_ways(png, 5, "32, 0.35, 1.0")
+    np.testing.assert_array_equal(fused, ref)
+
+
+def test_crop_then_decode_at_reduced_scale_stays_close():
+    # large images, small output: decoded at 1/2 .. 1/8 (DCT scaling, a box low-pass) before
+    # the antialiased resize, the window's edges rounded to the coarser grid. Mean difference
+    # from decode-then-crop on detail at 32-64 px: 1.3-1.6 of 255 (antialiased bilinear vs
+    # area resize of the same window: 0.3); a window off by its rounding (floor) gives 3-4.
+    # Eagerly and inside tf.data the same.
+    for seed, (h, w) in enumerate([(480, 640), (640, 480), (512, 683)]):
+        fused, ref = crop_both_ways(photo_jpeg(h, w, seed, cells=(32, 64)), seed, "56, 0.35, 1.0")
+        assert fused.shape == ref.shape == (56, 56, 3)
+        assert np.abs(fused - ref).mean() < 2.0, (seed, np.abs(fused - ref).mean())
+    ex = {"image": photo_jpeg(480, 640, 7), "_seed": tf.constant([7, 3], tf.int64)}
+    eager, graph = run_both("decode_random_resized_crop(56, 0.35, 1.0)", ex)
+    np.testing.assert_array_equal(eager["image"], graph["image"])
+
+
+def test_crop_then_decode_refuses_masks():
+    ex = {"image": photo_jpeg(40, 40, 0), "mask": tf.zeros([40, 40, 1], tf.uint8),
+          "_seed": tf.constant([0, 3], tf.int64)}
+    with pytest.raises(ValueError, match="'mask'"):
+        ops.build("decode_random_resized_crop(16)", ops.Context())(ex)

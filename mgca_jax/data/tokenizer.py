@@ -98,12 +98,15 @@ class Tokenizer:
             with tf.init_scope():
                 self._tf = tf_text.SentencepieceTokenizer(model=self.model_bytes, out_type=tf.int32)
         text = tf.convert_to_tensor(text)
-        scalar = text.shape.rank == 0
+        if text.shape.rank == 0:  # one caption (per-example pipelines): dense ids, no ragged ops
+            ids = self._tf.tokenize(text)[: max_len - 2]
+            ids = tf.concat([[BOS], ids, [EOS]], axis=0)
+            ids = tf.pad(ids, [[0, max_len - tf.shape(ids)[0]]], constant_values=PAD)
+            return tf.ensure_shape(ids, [max_len])
         ids = self._tf.tokenize(tf.reshape(text, [-1]))[:, : max_len - 2]
         n = tf.shape(ids.row_lengths())[0]
         ids = tf.concat([tf.fill([n, 1], BOS), ids, tf.fill([n, 1], EOS)], axis=1)
-        ids = ids.to_tensor(default_value=PAD, shape=[None, max_len])
-        return ids[0] if scalar else ids
+        return ids.to_tensor(default_value=PAD, shape=[None, max_len])
 
 
 def main(argv):
