@@ -46,9 +46,9 @@ def check_config(config, num_devices: int) -> None:
             parse(config.model[field])
         except vit.UnknownVariantError as e:
             raise ConfigError(f"config.model.{field}: {e}") from None
-    if config.model.get("image_stem", "patch") not in ("patch", "conv"):
+    if config.model.get("image_stem", "patch") not in ("patch", "conv", "hmlp"):
         raise ConfigError(f"config.model.image_stem: unknown stem {config.model.image_stem!r}; "
-                          "use 'patch' or 'conv'")
+                          "use 'patch', 'conv' or 'hmlp'")
     radius = str(config.model.get("attention_radius", ""))
     if radius:
         try:
@@ -97,8 +97,9 @@ def check_shapes(config) -> None:
         raise ConfigError(f"config.input.object_max_len: {i.object_max_len} exceeds "
                           f"config.input.max_len ({i.max_len}), the text tower's positions")
     patch = vit.parse_variant(config.model.image_variant)["patch"]
-    if config.model.get("image_stem", "patch") == "conv" and patch & (patch - 1):
-        raise ConfigError(f"config.model.image_variant: the conv stem needs a power-of-two patch, "
+    stem = config.model.get("image_stem", "patch")
+    if stem in ("conv", "hmlp") and patch & (patch - 1):
+        raise ConfigError(f"config.model.image_variant: the {stem} stem needs a power-of-two patch, "
                           f"got {patch}")
     # A patch stem drops the pixels past the last whole patch; the masks would not line up.
     if i.image_size % patch:

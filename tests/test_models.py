@@ -65,6 +65,36 @@ def test_conv_stem_keeps_the_patch_grid():
         jax.eval_shape(lambda: vit.ViT("mu/6", stem="conv").init(jax.random.key(0), jnp.zeros((1, 12, 12, 3))))
 
 
+def test_space_to_depth_matches_a_numpy_loop():
+    x = np.random.default_rng(0).normal(size=(2, 4, 6, 3)).astype(np.float32)
+    out = np.asarray(vit.space_to_depth(jnp.asarray(x), 2))
+    assert out.shape == (2, 2, 3, 12)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_array_equal(out[:, i, j], x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(2, 12))
+
+
+def test_hmlp_stem_token_sees_only_its_own_patch():
+    """Changing the pixels of one 8x8 patch changes that patch's stem output and no other."""
+    stem = vit.HMLPStem(width=32, patch=8)
+    x = np.random.default_rng(1).normal(size=(1, 24, 32, 3)).astype(np.float32)
+    params = stem.init(jax.random.key(0), jnp.asarray(x))
+    base = np.asarray(stem.apply(params, jnp.asarray(x)))
+    assert base.shape == (1, 3, 4, 32)
+    y = x.copy()
+    y[0, 8:16, 16:24] += 1.0                                   # patch (1, 2)
+    changed = np.abs(np.asarray(stem.apply(params, jnp.asarray(y))) - base).max(-1)[0]
+    assert changed[1, 2] > 1e-3
+    changed[1, 2] = 0
+    assert changed.max() == 0
+    # As the patch stem, a size that is not a whole number of patches drops the remainder.
+    out = jax.eval_shape(lambda: vit.ViT("mu/8", stem="hmlp").init_with_output(
+        jax.random.key(0), jnp.zeros((1, 70, 64, 3)))[0])
+    assert out["patches"].shape == (1, 64, 128)
+    with pytest.raises(vit.UnknownVariantError, match="power-of-two"):
+        jax.eval_shape(lambda: vit.ViT("mu/6", stem="hmlp").init(jax.random.key(0), jnp.zeros((1, 12, 12, 3))))
+
+
 def test_local_attention_mask_matches_a_brute_force_neighbourhood():
     h, w, r = 3, 4, 1
     mask = np.asarray(vit.local_attention_mask(h, w, r))[0, 0]

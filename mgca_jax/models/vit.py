@@ -97,6 +97,38 @@ class ConvStem(nn.Module):
         return nn.Conv(self.width, (1, 1), dtype=self.dtype, name="proj")(x)
 
 
+def space_to_depth(x, f):
+    """[B, H, W, C] -> [B, H/f, W/f, f*f*C]: each f x f block of pixels becomes one vector."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // f, w // f, f * f * c)
+
+
+class HMLPStem(nn.Module):
+    """Hierarchical MLP stem (Touvron et al. 2022, "Three things everyone should know
+    about ViTs"): non-overlapping 2x2 merges, each a Dense + LayerNorm + GELU, down to the
+    patch grid. A token still sees only its own patch (as the patch stem), but the weights
+    of the first merges are shared over every 2x2 sub-block of the patch, so a part of a
+    shape is detected the same way at every offset inside it. Reshapes and matmuls only."""
+    width: int
+    patch: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n = self.patch.bit_length() - 1
+        if 2 ** n != self.patch:
+            raise UnknownVariantError(f"hmlp stem needs a power-of-two patch, got {self.patch}")
+        h, w = x.shape[1] // self.patch * self.patch, x.shape[2] // self.patch * self.patch
+        x = x[:, :h, :w]   # as the patch stem: pixels past the last whole patch are dropped
+        for i in range(n):
+            ch = self.width if i == n - 1 else max(self.width // 4, 16)
+            x = nn.Dense(ch, dtype=self.dtype, name=f"merge{i}")(space_to_depth(x, 2))
+            if i < n - 1:
+                x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name=f"norm{i}")(x))
+        return x
+
+
 def parse_radii(spec: str, depth: int) -> list[int]:
     """"1,1,0,0" -> [1, 1, 0, 0]; a single value applies to every block."""
     try:
@@ -122,7 +154,7 @@ def local_attention_mask(h: int, w: int, radius: int) -> jnp.ndarray:
 class ViT(nn.Module):
     """images [B, H, W, 3] -> {"patches": [B, h*w, width], "pooled": [B, width], "grid": (h, w)}.
 
-    stem: "patch" (one strided convolution, the standard ViT) or "conv".
+    stem: "patch" (one strided convolution, the standard ViT), "conv" or "hmlp".
     attention_radius: "" = global attention in every block; otherwise one radius
       per block, comma-separated ("1,1,0,0"): a patch attends only to patches
       within r grid steps (Chebyshev; 0 = itself), a locality prior that keeps
@@ -140,6 +172,8 @@ class ViT(nn.Module):
         images = images.astype(self.dtype)
         if self.stem == "conv":
             x = ConvStem(cfg["width"], p, self.dtype, name="conv_stem")(images)
+        elif self.stem == "hmlp":
+            x = HMLPStem(cfg["width"], p, self.dtype, name="hmlp_stem")(images)
         else:
             x = nn.Conv(cfg["width"], (p, p), strides=(p, p), padding="VALID",
                         dtype=self.dtype, name="embedding")(images)
