@@ -3,11 +3,20 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 spec = importlib.util.spec_from_file_location("shape_probe", os.path.join(ROOT, "benchmarks", "shape_probe.py"))
 probe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe)
+
+
+def _load_plot():
+    spec = importlib.util.spec_from_file_location(
+        "plot_probe_curves", os.path.join(ROOT, "benchmarks", "plot_probe_curves.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_patch_targets_are_class_fractions():
@@ -37,10 +46,31 @@ def test_presence_labels_threshold_at_one_half():
     assert probe.patch_labels(np.array([[[0.1, 3.0, 0.2]]]), "dense").tolist() == [[1]]
 
 
-def test_two_steps_print_the_curve(capsys):
+def test_ceiling_is_the_patch_majority_hand_case():
+    """One 4x4 image, patch 2: an object of 3 pixels in patch (0, 0), 1 pixel in patch (1, 1).
+    The majority labels give class 1 to patch (0, 0) only: class 1 IoU 3 / (4 + 4 - 3),
+    background 11 / (12 + 12 - 11)."""
+    mask = np.zeros((1, 4, 4), np.uint8)
+    mask[0, 0, 0] = mask[0, 0, 1] = mask[0, 1, 0] = mask[0, 3, 3] = 1
+    iou = probe.miou(probe.patch_targets(mask, 2).argmax(-1), mask)
+    np.testing.assert_allclose(iou[:2], [100 * 11 / 13, 100 * 3 / 5])
+
+
+def test_two_steps_print_the_curve(capsys, tmp_path):
     probe.main(["--steps=2", "--train_scenes=32", "--eval_scenes=12", "--size=32", "--every=1",
                 "--batch=8"])
     out = capsys.readouterr().out
+    log = tmp_path / "probe.log"
+    log.write_text(out)
+    plot = _load_plot()
+    assert plot.read_curve(str(log))[:2] == ([1, 2], [float(r.split("atypical mIoU ")[1].split()[0])
+                                                     for r in out.splitlines() if r.startswith("step ")])
+    png = tmp_path / "curves.png"
+    plot.main(["--out", str(png), f"a run={log}"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "other.log").write_text("nothing here\n")
+    with pytest.raises(SystemExit, match="other.log: no 'step"):
+        plot.main(["--out", str(png), f"x={tmp_path / 'other.log'}"])
     assert "atypical: all-background mIoU" in out and "standard: all-background mIoU" in out
     rows = [line for line in out.splitlines() if line.startswith("step ")]
     assert [r.split()[1] for r in rows] == ["1/2", "2/2"]
