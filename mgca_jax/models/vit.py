@@ -77,6 +77,14 @@ class Encoder(nn.Module):
         return nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
 
 
+def halvings(patch: int, stem: str) -> int:
+    """Number of stride-2 stages from pixels to a `patch` grid (patch must be a power of two)."""
+    n = patch.bit_length() - 1
+    if 2 ** n != patch:
+        raise UnknownVariantError(f"{stem} stem needs a power-of-two patch, got {patch}")
+    return n
+
+
 class ConvStem(nn.Module):
     """Stride-2 3x3 convolutions down to the patch grid, then a 1x1 projection
     (the "early convolutions" stem of Xiao et al. 2021; easier to optimise from scratch)."""
@@ -86,9 +94,7 @@ class ConvStem(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        n = self.patch.bit_length() - 1
-        if 2 ** n != self.patch:
-            raise UnknownVariantError(f"conv stem needs a power-of-two patch, got {self.patch}")
+        n = halvings(self.patch, "conv")
         for i in range(n):
             ch = max(self.width // 2 ** (n - i), 16)
             x = nn.Conv(ch, (3, 3), strides=(2, 2), padding="SAME", use_bias=False,
@@ -116,9 +122,7 @@ class HMLPStem(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        n = self.patch.bit_length() - 1
-        if 2 ** n != self.patch:
-            raise UnknownVariantError(f"hmlp stem needs a power-of-two patch, got {self.patch}")
+        n = halvings(self.patch, "hmlp")
         h, w = x.shape[1] // self.patch * self.patch, x.shape[2] // self.patch * self.patch
         x = x[:, :h, :w]   # as the patch stem: pixels past the last whole patch are dropped
         for i in range(n):
