@@ -185,6 +185,11 @@ MUTANTS: tuple[Mutant, ...] = (
     M("failure_speckle_threshold", "mgca_jax/evaluation/failure_modes.py",
       "<= self.speckle_frac * area", "< 0 * area",
       ("tests/test_failure_modes.py",), "speckle never counted"),
+    # --- image tower
+    M("space_to_depth_block_order", "mgca_jax/models/vit.py",
+      "x = x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 2, 4, 5)",
+      "x = x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 4, 2, 5)",
+      ("tests/test_models.py",), "hmlp stem reads each 2x2 block's pixels in the wrong order"),
     # --- data ops
     M("object_mask_drops_word_0", "mgca_jax/data/ops.py",
       'ex["object_mask"] = ids >= 0', 'ex["object_mask"] = ids > 0',
