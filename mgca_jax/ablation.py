@@ -11,7 +11,8 @@ zero-shot mIoU on every split the trainer scored (for the embedded world the
 validation split and its atypical-colour partner, where only shape tells the
 class) is read from the workdir's eval JSON. Finished runs are reused, so an
 interrupted ablation resumes. One table per split (mean +- std over seeds) is printed, saved as ROOT/ablation.json and, with --results, written
-into that markdown file between `<!-- ablation:begin -->` and `<!-- ablation:end -->`.
+into that markdown file between `<!-- ablation:begin -->` and `<!-- ablation:end -->`
+(`<!-- ablation:NAME:begin -->` ... with --block=NAME, so several ablations can stand in one file).
 """
 import argparse
 import concurrent.futures
@@ -33,6 +34,13 @@ VARIANTS = {
     "full objective": TERMS,
 }
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+
+
+def markers(block=""):
+    """The begin/end markers of a named results block ("" = the original, unnamed one)."""
+    if not block:
+        return BEGIN, END
+    return f"<!-- ablation:{block}:begin -->", f"<!-- ablation:{block}:end -->"
 
 
 def run_dir(root, variant, seed):
@@ -111,14 +119,15 @@ def markdown(rows, command, steps, weights, split="validation"):
     return "\n".join(lines)
 
 
-def write_into(path, text):
-    """Replaces the block between the markers (appends the block if absent); atomic."""
+def write_into(path, text, block=""):
+    """Replaces the named block between its markers (appends it if absent); atomic."""
+    begin, end = markers(block)
     old = open(path).read() if os.path.exists(path) else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    framed = f"{begin}\n{text}\n{end}"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + framed + old[old.index(end) + len(end):]
     else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
+        new = old.rstrip("\n") + "\n\n" + framed + "\n"
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(new)
@@ -134,12 +143,15 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
     ap.add_argument("--parallel", type=int, default=2, help="runs at once")
     ap.add_argument("--results", default="", help="markdown file to write the table into")
+    ap.add_argument("--block", default="", help="name of the block in --results ('' = the unnamed one)")
     ap.add_argument("--override", action="append", default=[], help="extra --config.x=y for every run")
     args = ap.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f"error: --variants: unknown {unknown}; known: {list(VARIANTS)}")
+    if not all(c.isalnum() or c in "_-" for c in args.block):
+        sys.exit(f"error: --block: expected letters, digits, '_' or '-', got {args.block!r}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -170,7 +182,7 @@ def main(argv=None):
     with open(os.path.join(args.root, "ablation.json"), "w") as f:
         json.dump(dict(steps=args.steps, seeds=seeds, weights=args.weights, rows=rows), f, indent=1)
     if args.results:
-        write_into(args.results, text)
+        write_into(args.results, text, args.block)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,22 @@ def test_main_writes_one_table_per_split_from_the_runs_json(tmp_path, capsys):
     assert "on the validation split" in text and "on the validation_atypical split" in text
     assert "32.00 ± 2.83" in text and "21.00 ± 1.41" in text      # hand: mean/stdev of 30,34 and 20,22
     assert "+10.6" in text and "+7.4" in text   # (21 - 6) / max(1.41, 1.41); (32 - 11) / max(1.41, 2.83)
+
+
+def test_named_block_leaves_the_unnamed_one_alone(tmp_path, capsys):
+    path = tmp_path / "results.md"
+    weights = {v: ablation.variant_weights({}, v) for v in ablation.VARIANTS}
+    old = ablation.markdown(ablation.summarise({"image-text only": [1.0, 3.0]}), "old", 10, weights)
+    ablation.write_into(str(path), old)
+    for values in ([4.0, 6.0], [8.0, 12.0]):           # written twice: replaced, not appended
+        new = ablation.markdown(ablation.summarise({"image-text only": values}), "new", 20, weights)
+        ablation.write_into(str(path), new, "s600")
+    text = path.read_text()
+    begin, end = ablation.markers("s600")
+    assert text.count(begin) == 1 and text.count(end) == 1 and text.count(ablation.BEGIN) == 1
+    assert "2.00 ± 1.41" in text                        # the unnamed block, untouched
+    assert "10.00 ± 2.83" in text and "5.00 ± 1.41" not in text
+    assert text.index(ablation.END) < text.index(begin)
+    with pytest.raises(SystemExit) as e:
+        ablation.main(["--block=a b", "--root=/tmp/unused"])
+    assert "--block" in str(e.value.code)
