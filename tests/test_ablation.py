@@ -95,3 +95,16 @@ def test_named_block_leaves_the_unnamed_one_alone(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         ablation.main(["--block=a b", "--root=/tmp/unused"])
     assert "--block" in str(e.value.code)
+
+
+def test_object_class_score_leaves_background_and_undefined_classes_out():
+    iou = {"background": 0.9, "circle": 0.1, "square": 0.0, "star": float("nan")}
+    record = {"step": 5, "miou": 1.0 / 3.0, "splits": {"validation_atypical": {"miou": 1.0 / 3.0, "iou": iou}}}
+    scores = ablation.split_scores(record)
+    assert scores["validation_atypical"] == pytest.approx(100.0 / 3.0)
+    assert scores["validation_atypical (object classes)"] == pytest.approx(5.0)   # (10 + 0) / 2
+    # without a background class there is nothing to leave out
+    assert ablation.split_scores({"step": 5, "miou": 0.2, "iou": {"a": 0.1, "b": 0.3}}) == {"validation": 20.0}
+    text = ablation.markdown(ablation.summarise({"image-text only": [1.0, 2.0]}), "cmd", 7,
+                             {"image-text only": {"image_text": 1.0}}, "validation_atypical (object classes)")
+    assert "on the validation_atypical split, mean over the object classes (background left out), 7 steps" in text
