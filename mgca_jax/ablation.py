@@ -21,6 +21,7 @@ import concurrent.futures
 import importlib.util
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def main(argv=None):
                   f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
     splits = [s for s in next(iter(scores.values()))[0] if all(s in r for rs in scores.values() for r in rs)]
     rows = {s: summarise({v: [r[s] for r in rs] for v, rs in scores.items()}) for s in splits}
-    command = "python -m mgca_jax.ablation " + " ".join(a for a in (argv or sys.argv[1:]))
+    command = shlex.join(["python", "-m", "mgca_jax.ablation", *(argv or sys.argv[1:])])
     text = "\n\n".join(markdown(rows[s], command.strip(), args.steps, args.weights, s) for s in splits)
     print(text)
     with open(os.path.join(args.root, "ablation.json"), "w") as f:

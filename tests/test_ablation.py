@@ -108,3 +108,18 @@ def test_object_class_score_leaves_background_and_undefined_classes_out():
     text = ablation.markdown(ablation.summarise({"image-text only": [1.0, 2.0]}), "cmd", 7,
                              {"image-text only": {"image_text": 1.0}}, "validation_atypical (object classes)")
     assert "on the validation_atypical split, mean over the object classes (background left out), 7 steps" in text
+
+
+def test_printed_command_keeps_its_quoting(tmp_path, capsys):
+    import json
+    import shlex
+    root = tmp_path / "abl"
+    for seed in (0, 1):
+        d = ablation.run_dir(str(root), "image-text only", seed)
+        os.makedirs(d)
+        with open(os.path.join(d, "eval_step7.json"), "w") as f:
+            json.dump({"step": 7, "miou": 0.1 + seed / 100}, f)
+    argv = [f"--root={root}", "--steps=7", "--seeds=0,1", "--variants=image-text only"]
+    ablation.main(argv)
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("Command: "))
+    assert shlex.split(line[len("Command: `"):-1])[3:] == argv     # pastes back into a shell as run
