@@ -196,7 +196,7 @@ def main(argv=None):
     splits = [s for s in next(iter(scores.values()))[0] if all(s in r for rs in scores.values() for r in rs)]
     rows = {s: summarise({v: [r[s] for r in rs] for v, rs in scores.items()}) for s in splits}
     command = shlex.join(["python", "-m", "mgca_jax.ablation", *(argv or sys.argv[1:])])
-    text = "\n\n".join(markdown(rows[s], command.strip(), args.steps, args.weights, s) for s in splits)
+    text = "\n\n".join(markdown(rows[s], command, args.steps, args.weights, s) for s in splits)
     print(text)
     with open(os.path.join(args.root, "ablation.json"), "w") as f:
         json.dump(dict(steps=args.steps, seeds=seeds, weights=args.weights, rows=rows), f, indent=1)
