@@ -29,7 +29,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mgca_jax.data import scenes  # noqa: E402
 from mgca_jax.evaluation import metrics  # noqa: E402
-from mgca_jax.models.vit import ViT, parse_variant  # noqa: E402
+from mgca_jax.models.vit import STEMS, ViT, parse_variant  # noqa: E402
 
 NUM_CLASSES = len(scenes.CLASS_NAMES)
 
@@ -93,7 +93,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--mode", choices=("presence", "dense"), default="presence")
     ap.add_argument("--variant", default="mu/8")
-    ap.add_argument("--stem", choices=("patch", "conv", "hmlp"), default="patch")
+    ap.add_argument("--stem", choices=STEMS, default="patch")
     ap.add_argument("--radius", default="1", help="attention radius ('' = global)")
     ap.add_argument("--topk", type=float, default=0.03, help="presence: pooled fraction of patches")
     ap.add_argument("--lr", type=float, default=1e-3)

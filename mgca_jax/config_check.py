@@ -46,9 +46,9 @@ def check_config(config, num_devices: int) -> None:
             parse(config.model[field])
         except vit.UnknownVariantError as e:
             raise ConfigError(f"config.model.{field}: {e}") from None
-    if config.model.get("image_stem", "patch") not in ("patch", "conv", "hmlp"):
+    if config.model.get("image_stem", "patch") not in vit.STEMS:
         raise ConfigError(f"config.model.image_stem: unknown stem {config.model.image_stem!r}; "
-                          "use 'patch', 'conv' or 'hmlp'")
+                          f"use one of {', '.join(vit.STEMS)}")
     radius = str(config.model.get("attention_radius", ""))
     if radius:
         try:

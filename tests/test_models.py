@@ -95,6 +95,46 @@ def test_hmlp_stem_token_sees_only_its_own_patch():
         jax.eval_shape(lambda: vit.ViT("mu/6", stem="hmlp").init(jax.random.key(0), jnp.zeros((1, 12, 12, 3))))
 
 
+def test_contrast_stem_matches_float64_numpy_and_ignores_the_colours_of_a_two_colour_patch():
+    """The stem projects each patch's per-channel standardised pixels (float64 re-derivation);
+    two scenes with the same layout and different colour pairs give the same tokens up to the
+    sign of each channel's contrast."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 16, 24, 3)).astype(np.float32)
+    stem = vit.ContrastStem(width=8, patch=8, eps=0.1)
+    params = stem.init(jax.random.key(0), jnp.asarray(x))
+    kernel = np.asarray(params["params"]["embedding"]["kernel"], np.float64)
+    bias = np.asarray(params["params"]["embedding"]["bias"], np.float64)
+    want = np.zeros((2, 2, 3, 8))
+    for i in range(2):
+        for j in range(3):
+            pix = x[:, 8 * i:8 * i + 8, 8 * j:8 * j + 8].astype(np.float64).reshape(2, 64, 3)
+            norm = (pix - pix.mean(1, keepdims=True)) / np.sqrt(pix.var(1, keepdims=True) + 0.01)
+            want[:, i, j] = norm.reshape(2, 192) @ kernel + bias
+    np.testing.assert_allclose(np.asarray(stem.apply(params, jnp.asarray(x))), want, rtol=1e-4, atol=1e-4)
+
+    mask = np.zeros((1, 8, 8, 1), np.float32)
+    mask[0, 2:6, 1:5] = 1.0                                    # a square inside one patch
+    def paint(fg, bg):
+        return jnp.asarray(bg + mask * (np.asarray(fg, np.float32) - bg))
+    stem = vit.ContrastStem(width=8, patch=8, eps=1e-3)
+    params = stem.init(jax.random.key(0), paint([1, 1, 1], np.zeros(3, np.float32)))
+    red_on_blue = paint([2.0, -1.0, 0.5], np.array([-1.0, 1.5, -0.5], np.float32))
+    green_on_grey = paint([-0.5, 2.0, 1.0], np.array([-1.5, 0.0, 0.0], np.float32))   # contrast signs +, +, +
+    flipped = paint([0.0, -1.0, -1.0], np.array([1.0, 1.0, 1.0], np.float32))          # -, -, -
+    apply = lambda im: np.asarray(stem.apply(params, im))
+    np.testing.assert_allclose(apply(green_on_grey), apply(paint([3.0, 1.0, 2.0], np.zeros(3, np.float32))),
+                               atol=1e-3)
+    assert not np.allclose(apply(green_on_grey), apply(flipped), atol=1e-2)
+    assert not np.allclose(apply(red_on_blue), apply(green_on_grey), atol=1e-2)
+    # patch+contrast keeps the raw colours: the two same-sign scenes differ again.
+    both = vit.ViT("mu/8", stem="patch+contrast")
+    p2 = both.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    a = both.apply(p2, green_on_grey)["patches"]
+    b = both.apply(p2, paint([3.0, 1.0, 2.0], np.zeros(3, np.float32)))["patches"]
+    assert float(jnp.abs(a - b).max()) > 1e-2
+
+
 def test_local_attention_mask_matches_a_brute_force_neighbourhood():
     h, w, r = 3, 4, 1
     mask = np.asarray(vit.local_attention_mask(h, w, r))[0, 0]

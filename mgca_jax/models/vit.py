@@ -8,6 +8,7 @@ docs/method.md, "Image tower").
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # width, depth, mlp_dim, heads. "mu" is a micro size for CPU demos and tests.
@@ -18,6 +19,9 @@ SIZES = {
     "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
     "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
 }
+
+
+STEMS = ("patch", "conv", "hmlp", "contrast", "patch+contrast")
 
 
 class UnknownVariantError(ValueError):
@@ -133,6 +137,34 @@ class HMLPStem(nn.Module):
         return x
 
 
+class ContrastStem(nn.Module):
+    """Patch embedding of contrast-normalised pixels: each channel of each p x p patch is
+    standardised over the patch's pixels, (x - mean) / sqrt(var + eps^2), before the linear
+    projection (local contrast normalisation, as in early convnets; per patch, as MAE's
+    normalised-pixel targets). A patch holding two flat colours becomes its own
+    foreground/background pattern up to a sign per channel, whatever the two colours, so the
+    tokens carry a part's shape and not its colour. keep_rgb also projects the raw patch, so
+    colour is still there. eps (in input units) keeps flat patches near zero, not noise."""
+    width: int
+    patch: int
+    keep_rgb: bool = False
+    eps: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.patch
+        h, w = x.shape[1] // p * p, x.shape[2] // p * p
+        blocks = space_to_depth(x[:, :h, :w], p)                 # [B, h/p, w/p, p*p*C]
+        c = x.shape[-1]
+        pix = blocks.reshape(blocks.shape[:3] + (p * p, c)).astype(jnp.float32)
+        mean = pix.mean(axis=3, keepdims=True)
+        var = ((pix - mean) ** 2).mean(axis=3, keepdims=True)
+        norm = ((pix - mean) * jax.lax.rsqrt(var + self.eps ** 2)).reshape(blocks.shape)
+        feats = jnp.concatenate([norm, blocks], -1) if self.keep_rgb else norm
+        return nn.Dense(self.width, dtype=self.dtype, name="embedding")(feats.astype(self.dtype))
+
+
 def parse_radii(spec: str, depth: int) -> list[int]:
     """"1,1,0,0" -> [1, 1, 0, 0]; a single value applies to every block."""
     try:
@@ -158,7 +190,8 @@ def local_attention_mask(h: int, w: int, radius: int) -> jnp.ndarray:
 class ViT(nn.Module):
     """images [B, H, W, 3] -> {"patches": [B, h*w, width], "pooled": [B, width], "grid": (h, w)}.
 
-    stem: "patch" (one strided convolution, the standard ViT), "conv" or "hmlp".
+    stem: "patch" (one strided convolution, the standard ViT), "conv", "hmlp", "contrast"
+      (contrast-normalised patches) or "patch+contrast" (both, one projection).
     attention_radius: "" = global attention in every block; otherwise one radius
       per block, comma-separated ("1,1,0,0"): a patch attends only to patches
       within r grid steps (Chebyshev; 0 = itself), a locality prior that keeps
@@ -178,6 +211,9 @@ class ViT(nn.Module):
             x = ConvStem(cfg["width"], p, self.dtype, name="conv_stem")(images)
         elif self.stem == "hmlp":
             x = HMLPStem(cfg["width"], p, self.dtype, name="hmlp_stem")(images)
+        elif self.stem in ("contrast", "patch+contrast"):
+            x = ContrastStem(cfg["width"], p, self.stem == "patch+contrast", dtype=self.dtype,
+                             name="contrast_stem")(images)
         else:
             x = nn.Conv(cfg["width"], (p, p), strides=(p, p), padding="VALID",
                         dtype=self.dtype, name="embedding")(images)
