@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.image_variant = "mu/8"
-    c.model.image_stem = "patch"      # or "conv" (stride-2 3x3 convolutions), "hmlp" (2x2 MLP merges), "contrast"
+    c.model.image_stem = "patch"      # or another of vit.STEMS: "conv", "hmlp", "contrast", "patch+contrast"
     c.model.attention_radius = ""     # "" = global; "1,1,0,0" = per-block radius in patches
     c.model.text_variant = "mu"
     c.model.embed_dim = 128

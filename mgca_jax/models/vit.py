@@ -156,10 +156,8 @@ class ContrastStem(nn.Module):
         p = self.patch
         h, w = x.shape[1] // p * p, x.shape[2] // p * p
         blocks = space_to_depth(x[:, :h, :w], p)                 # [B, h/p, w/p, p*p*C]
-        c = x.shape[-1]
-        pix = blocks.reshape(blocks.shape[:3] + (p * p, c)).astype(jnp.float32)
-        mean = pix.mean(axis=3, keepdims=True)
-        var = ((pix - mean) ** 2).mean(axis=3, keepdims=True)
+        pix = blocks.reshape(blocks.shape[:3] + (p * p, x.shape[-1])).astype(jnp.float32)
+        mean, var = pix.mean(axis=3, keepdims=True), pix.var(axis=3, keepdims=True)
         norm = ((pix - mean) * jax.lax.rsqrt(var + self.eps ** 2)).reshape(blocks.shape)
         feats = jnp.concatenate([norm, blocks], -1) if self.keep_rgb else norm
         return nn.Dense(self.width, dtype=self.dtype, name="embedding")(feats.astype(self.dtype))
