@@ -306,3 +306,29 @@ def test_cli_builds_array_record_and_prints_table(built, tmp_path, capsys):
     assert builder.is_prepared()
     assert builder.info.file_format.value == "array_record"
     assert builder.build_report()["splits"]["train"]["dropped_by_reason"] == TRAIN_DROPPED
+
+
+def test_short_side_256_build_is_a_config_the_trainer_opens(tmp_path):
+    """`--max_short_side=256` builds the registered `short256` config (not a derived name),
+    which `config.data.config_name=short256` opens; images keep their aspect ratio."""
+    import ml_collections
+    from mgca_jax.data import input_pipeline
+    assert C.config_with_overrides("default", max_short_side=256) == "short256"
+    assert C.config_with_overrides("short256", max_short_side=512) == "default"
+    assert C.config_with_overrides("short256", max_short_side=128).name == "short256_max_short_side128"
+    manual = tmp_path / "shards"
+    manual.mkdir()
+    _write_tar(manual / "gcc-train-000000.tar", [
+        _sample("000000000", _jpeg(300, 400, 40), "a wide photo"),     # -> 256 x 341
+        _sample("000000001", _jpeg(100, 120, 41), "a small photo"),    # kept as is
+    ])
+    rc = C.main([f"--manual_dir={manual}", f"--data_dir={tmp_path / 'tfds'}",
+                 "--max_short_side=256", "--num_workers=1"])
+    assert rc == 0
+    assert (tmp_path / "tfds" / "cc3m" / "short256").is_dir()
+    config = ml_collections.ConfigDict(dict(
+        data_dir=str(tmp_path / "tfds"), data=dict(name="cc3m", config_name="short256")))
+    builder = input_pipeline.get_builder(config)
+    shapes = {ex["key"].decode(): ex["image"].shape[:2] for ex in tfds_numpy(builder, "train")}
+    assert shapes == {"000000000": (256, 341), "000000001": (100, 120)}
+    assert builder.build_report()["settings"]["max_short_side"] == 256

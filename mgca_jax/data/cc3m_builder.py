@@ -8,7 +8,8 @@ Input (the tfds *manual dir*): the img2dataset output folder, i.e. tar shards
 Output features per example:
 
   image:   uint8 [H, W, 3], stored as a re-encoded JPEG; the short side is at
-           most `max_short_side` (config, default 512; 0 = never resize)
+           most `max_short_side` (builder configs: `default` 512, `short256` 256,
+           `original` 0 = never resize)
   caption: text (whitespace runs collapsed to one space, stripped)
   key:     text, the sample key inside its tar (e.g. "000004217")
 
@@ -58,7 +59,7 @@ dropped, converted, counts per reason (dropped / converted) and the same per tar
 Invariant: seen == kept + sum(dropped_by_reason.values()).
 
 CLI:
-  python -m mgca_jax.data.cc3m_builder --manual_dir=DIR --data_dir=DIR [--max_short_side=512]
+  python -m mgca_jax.data.cc3m_builder --manual_dir=DIR --data_dir=DIR [--config=short256]
       [--num_workers=N] [--file_format=tfrecord|array_record] [--captions_out=FILE]
 """
 from __future__ import annotations
@@ -594,6 +595,8 @@ class Cc3m(tfds.core.GeneratorBasedBuilder):
                    max_short_side=512),
         Cc3mConfig(name="original", description="original resolution, JPEG q90",
                    max_short_side=0),
+        Cc3mConfig(name="short256", description="short side <= 256, JPEG q90: stored near "
+                   "the training resolution, so decoding costs less", max_short_side=256),
     ]
     DEFAULT_CONFIG_NAME = "default"
 
@@ -695,7 +698,9 @@ class Cc3m(tfds.core.GeneratorBasedBuilder):
 # ---------------------------------------------------------------- helpers
 
 def config_with_overrides(config_name: str = "default", **overrides) -> Cc3mConfig | str:
-    """The named config, or a derived one named after the changed fields."""
+    """The named config; the registered config with the resulting fields (so
+    `max_short_side=256` from `default` is `short256`, which the trainer opens); or a
+    derived one named after the changed fields."""
     base = Cc3m.builder_configs[config_name]
     unknown = set(overrides) - set(SCAN_FIELDS)
     if unknown:
@@ -707,6 +712,9 @@ def config_with_overrides(config_name: str = "default", **overrides) -> Cc3mConf
     changed = [k for k in SCAN_FIELDS if fields[k] != getattr(base, k)]
     if not changed:
         return config_name
+    for registered in Cc3m.BUILDER_CONFIGS:
+        if all(fields[k] == getattr(registered, k) for k in SCAN_FIELDS):
+            return registered.name
     name = config_name + "".join(f"_{k}{fields[k]:g}" if isinstance(fields[k], float)
                                  else f"_{k}{fields[k]}" for k in changed)
     return Cc3mConfig(name=name, description=f"{config_name} with {', '.join(changed)} changed",
@@ -815,6 +823,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manual_dir", required=True,
                         help="folder with gcc-train-*.tar (and optional gcc-val-*.tar)")
     parser.add_argument("--data_dir", required=True, help="tfds data dir to write to")
+    parser.add_argument("--config", default="default", choices=[c.name for c in Cc3m.BUILDER_CONFIGS],
+                        help="builder config (the trainer's config.data.config_name); "
+                             "short256 stores images near the training resolution")
     parser.add_argument("--max_short_side", type=int, default=None,
                         help="resize so the short side is at most this (0: never; default 512)")
     parser.add_argument("--min_side", type=int, default=None)
@@ -837,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = {k: getattr(args, k) for k in SCAN_FIELDS if getattr(args, k) is not None}
     t0 = time.perf_counter()
-    builder = build(args.manual_dir, args.data_dir, "default", num_workers=args.num_workers,
+    builder = build(args.manual_dir, args.data_dir, args.config, num_workers=args.num_workers,
                     file_format=args.file_format, **overrides)
     print(f"data set at {builder.data_dir} ({time.perf_counter() - t0:.1f}s)")
     print(format_report(builder.build_report()))
