@@ -190,6 +190,13 @@ MUTANTS: tuple[Mutant, ...] = (
       "x = x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 2, 4, 5)",
       "x = x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 4, 2, 5)",
       ("tests/test_models.py",), "hmlp stem reads each 2x2 block's pixels in the wrong order"),
+    M("contrast_stem_all_channels", "mgca_jax/models/vit.py",
+      "mean, var = pix.mean(axis=3, keepdims=True), pix.var(axis=3, keepdims=True)",
+      "mean, var = pix.mean(axis=(3, 4), keepdims=True), pix.var(axis=(3, 4), keepdims=True)",
+      ("tests/test_models.py",), "contrast stem standardises a patch's channels together (colour leaks)"),
+    M("contrast_stem_eps_not_squared", "mgca_jax/models/vit.py",
+      "jax.lax.rsqrt(var + self.eps ** 2)", "jax.lax.rsqrt(var + self.eps)",
+      ("tests/test_models.py",), "contrast stem's flat-patch guard 10x too large"),
     # --- data ops
     M("object_mask_drops_word_0", "mgca_jax/data/ops.py",
       'ex["object_mask"] = ids >= 0', 'ex["object_mask"] = ids > 0',
