@@ -5,7 +5,9 @@ project's. Builds open_clip's CLIP at the given dimensions (ViT without class
 token, mean pooling; text tower with open_clip's causal mask and EOS pooling),
 warms up (and compiles, --mode compile), then reads one integer n per stdin line,
 runs n training steps on a fixed random batch and answers one JSON line
-{"seconds": ...}. The first line it writes describes the setup.
+{"seconds": ...}; a line "parts R" answers {"parts": {part: median seconds of R calls}}
+for the eager forward + backward of each tower, the loss and the optimizer update. The
+first line it writes describes the setup.
 """
 import argparse
 import importlib.machinery
@@ -36,6 +38,47 @@ def stub_torchvision():
         mod.__path__ = []
         mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
         sys.modules[name] = mod
+
+
+def time_parts(model, loss_fn, opt, images, tokens, reps):
+    """{part: median seconds} of eager forward + backward parts, named as the project's
+    breakdown: each tower (sum of its output), the loss on fixed features, AdamW's update."""
+    import statistics
+    import torch
+
+    def tower(encode, x):
+        def run():
+            model.zero_grad(set_to_none=True)
+            encode(x).sum().backward()
+        return run
+
+    with torch.no_grad():
+        feats = [model.encode_image(images, normalize=True).clone().requires_grad_(True),
+                 model.encode_text(tokens, normalize=True).clone().requires_grad_(True)]
+
+    def loss():
+        for f in feats:
+            f.grad = None
+        loss_fn(feats[0], feats[1], model.logit_scale.exp()).backward()
+
+    def update():
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+
+    parts = {"image tower": tower(model.encode_image, images),
+             "text tower (captions)": tower(model.encode_text, tokens),
+             "loss: image_text": loss, "optimizer (AdamW update)": update}
+    result = {}
+    for name, run in parts.items():
+        run()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        result[name] = statistics.median(times)
+    return result
 
 
 def main():
@@ -99,6 +142,10 @@ def main():
                       "torch": torch.__version__, "open_clip": open_clip.__version__,
                       "threads": torch.get_num_threads(), "warmup_s": warmup}), flush=True)
     for line in sys.stdin:
+        if line.startswith("parts"):
+            print(json.dumps({"parts": time_parts(model, loss_fn, opt, images, tokens,
+                                                  int(line.split()[1]))}), flush=True)
+            continue
         n = int(line)
         t = time.perf_counter()
         for _ in range(n):

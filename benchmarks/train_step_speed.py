@@ -22,8 +22,9 @@ set_num_threads; XLA sizes its CPU pool from the affinity mask).
 The breakdown of the image-text and full steps times separately jitted parts
 (forward + backward each): the image tower, the text tower (captions; object
 prompts for the full objective), each loss term on fixed embeddings, and the
-optimizer update; with XLA's cost analysis FLOPs of each part. Parts are timed
-alone, so they need not add up to the step.
+optimizer update; with XLA's cost analysis FLOPs of each part. With a peer, the
+breakdown gets a column of open_clip's eager parts of the same names (towers, loss,
+AdamW), timed the same way. Parts are timed alone, so they need not add up to the step.
 
 Usage:
   .venv/bin/python benchmarks/train_step_speed.py [--peer /work/peer_venv/bin/python]
@@ -168,6 +169,7 @@ class Peer:
                "--image_size", str(args.image_size), "--patch", args.image_variant.split("/")[1],
                "--max_len", str(args.max_len), "--vocab", str(args.vocab),
                "--embed_dim", str(args.embed_dim)]
+        self.mode = mode
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = self._read()
 
@@ -181,6 +183,11 @@ class Peer:
         self.proc.stdin.write(f"{n}\n")
         self.proc.stdin.flush()
         return self._read()["seconds"]
+
+    def parts(self, reps):
+        self.proc.stdin.write(f"parts {reps}\n")
+        self.proc.stdin.flush()
+        return self._read()["parts"]
 
     def close(self):
         self.proc.stdin.close()
@@ -261,11 +268,14 @@ def main(argv=None):
             print(f"open_clip {mode}: {peer.info['params'] / 1e6:.2f}M params, torch "
                   f"{peer.info['torch']}, open_clip {peer.info['open_clip']}, warm-up "
                   f"{peer.info['warmup_s']:.1f} s", flush=True)
+    peer_parts = {}
     try:
         rates = {name: [] for name in runners}
         for _ in range(args.repeats):       # alternate the systems within each repetition
             for name, r in runners.items():
                 rates[name].append(args.batch * args.steps / r.run(args.steps))
+        if not args.no_breakdown:
+            peer_parts = {f"open_clip {p.mode}": p.parts(args.repeats) for p in peers if p.mode == "eager"}
     finally:
         for peer in peers:
             peer.close()
@@ -291,11 +301,18 @@ def main(argv=None):
             if not name.startswith("mgca_jax"):
                 continue
             print(f"\nbreakdown of {name} (separately jitted forward+backward parts; median of "
-                  f"{args.repeats} timed calls; FLOPs from XLA cost analysis):")
-            print("| part | ms | GFLOP |\n| --- | ---: | ---: |")
+                  f"{args.repeats} timed calls; FLOPs from XLA cost analysis"
+                  + ("; the peer's eager parts of the same name, timed the same way" if peer_parts else "")
+                  + "):")
+            peer_cols = list(peer_parts)
+            print("| part | ms | GFLOP |" + "".join(f" {p} ms |" for p in peer_cols)
+                  + "\n| --- | ---: | ---: |" + " ---: |" * len(peer_cols))
             for part, (sec, gflop) in time_parts(step, args.repeats).items():
-                print(f"| {part} | {1e3 * sec:.1f} | {gflop:.3g} |")
-            print(f"| whole step | {1e3 * args.batch / med[name]:.1f} | - |")
+                cells = "".join(f" {1e3 * peer_parts[p][part]:.1f} |" if part in peer_parts[p] else " - |"
+                                for p in peer_cols)
+                print(f"| {part} | {1e3 * sec:.1f} | {gflop:.3g} |{cells}")
+            cells = "".join(f" {1e3 * args.batch / med[p]:.1f} |" for p in peer_cols)
+            print(f"| whole step | {1e3 * args.batch / med[name]:.1f} | - |{cells}")
     print(f"\nload average {os.getloadavg()[0]:.2f} at end", flush=True)
 
 
