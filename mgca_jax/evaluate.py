@@ -236,7 +236,15 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
         print(f"-- {job.key}, {u} unit\n"
               + metrics.format_table(job.label_names, res["iou"], res["miou"], res["acc"]), flush=True)
         record["units"][u] = {"miou": _finite(res["miou"]), "acc": _finite(res["acc"]),
-                              "iou": {n: _finite(v) for n, v in zip(job.label_names, res["iou"])}}
+                              "iou": {n: _finite(v) for n, v in zip(job.label_names, res["iou"])},
+                              "class_acc": {n: _finite(v) for n, v in zip(job.label_names, res["class_acc"])}}
+        objects = res["class_acc"][1:] if job.has_background else res["class_acc"]
+        if not np.isnan(objects).all():
+            macc = float(np.nanmean(objects))
+            record["units"][u]["macc_objects"] = macc
+            print(f"mAcc over the object classes: {100 * macc:.2f} (each class's pixels labelled "
+                  "with it; with --bg_thresh=none, what is recognised apart from the background rule)",
+                  flush=True)
     if failures is not None and progress.done:
         record["failure_modes"] = {u: f.summary() for u, f in failures.items()}
         print(f"-- {job.key}: failure modes\n" + failure_modes.format_table(record["failure_modes"]),
