@@ -202,9 +202,14 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
     batch = []
     examples = UnitExamples(units, args.png_rows) if png else None
 
+    # Without a threshold the segmenter labels class c as c; where label 0 is background,
+    # class c is label c + 1 (every pixel then takes an object class).
+    shift = 1 if job.has_background and bg is None else 0
+
     def flush():
         preds = seg.segment([img for img, _ in batch])
         for pred, (image, gt) in zip(preds, batch):
+            pred = [p + shift for p in pred]
             for k, u in enumerate(units):
                 conf = accs[u].update(pred[k], gt)
                 if per_image is not None:

@@ -223,3 +223,15 @@ def test_evaluate_embedded_job_matches_a_float64_rederivation(hand):
     recall = [((pred == c) & (gt == c)).sum() / (gt == c).sum() for c in range(4)]
     np.testing.assert_allclose([got["class_acc"][n] for n in record["label_names"]], recall, atol=1e-12)
     assert got["macc_objects"] == pytest.approx(np.mean(recall[1:]), abs=1e-12)   # background left out
+
+    # --bg_thresh=none: every pixel takes its best class, scored as label class + 1.
+    args.bg_thresh = "none"
+    record = evaluate.evaluate_job(job, loaded, tok, TEMPLATES, ("pixel",), args,
+                                   evaluate.inference.UnitConfig())
+    pred = up.argmax(-1) + 1
+    recall = [((pred == c) & (gt == c)).sum() / (gt == c).sum() for c in range(4)]
+    assert record["bg_thresh"] is None and recall[0] == 0
+    got = record["units"]["pixel"]
+    np.testing.assert_allclose([got["iou"][n] for n in record["label_names"]],
+                               _iou_reference(pred, gt, 4), atol=1e-12)
+    assert got["macc_objects"] == pytest.approx(np.mean(recall[1:]), abs=1e-12)
