@@ -220,7 +220,11 @@ def test_evaluate_embedded_job_matches_a_float64_rederivation(hand):
     np.testing.assert_allclose([got["iou"][n] for n in record["label_names"]], iou, atol=1e-12)
     assert got["miou"] == pytest.approx(np.nanmean(iou), abs=1e-12)
     gt = masks.astype(np.int64)
-    recall = [((pred == c) & (gt == c)).sum() / (gt == c).sum() for c in range(4)]
+
+    def recall_of(pred):
+        return [((pred == c) & (gt == c)).sum() / (gt == c).sum() for c in range(4)]
+
+    recall = recall_of(pred)
     np.testing.assert_allclose([got["class_acc"][n] for n in record["label_names"]], recall, atol=1e-12)
     assert got["macc_objects"] == pytest.approx(np.mean(recall[1:]), abs=1e-12)   # background left out
 
@@ -229,7 +233,7 @@ def test_evaluate_embedded_job_matches_a_float64_rederivation(hand):
     record = evaluate.evaluate_job(job, loaded, tok, TEMPLATES, ("pixel",), args,
                                    evaluate.inference.UnitConfig())
     pred = up.argmax(-1) + 1
-    recall = [((pred == c) & (gt == c)).sum() / (gt == c).sum() for c in range(4)]
+    recall = recall_of(pred)
     assert record["bg_thresh"] is None and recall[0] == 0
     got = record["units"]["pixel"]
     np.testing.assert_allclose([got["iou"][n] for n in record["label_names"]],
