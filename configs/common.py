@@ -59,13 +59,16 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.weights = ml_collections.ConfigDict(
-        dict(image_text=1.0, object=0.0, region=0.0, pixel=0.0, background=0.0))
+        dict(image_text=1.0, object=0.0, region=0.0, pixel=0.0, background=0.0, presence=0.0))
     c.loss.image_text_pool = "mean"        # or "topk": mean of the best patches per caption
     c.loss.image_text_topk = 0.25          # fraction of patches for "topk"
     c.loss.object_temperature = 0.07       # <= 0: use the learnable logit scale
     c.loss.object_attn_temperature = 0.05  # attention pooling over patches
     c.loss.object_query = "own"            # or "candidate" (docs/method.md, object level)
     c.loss.object_chunk = 256              # candidate units pooled at once
+    c.loss.presence_topk = 0.03            # presence: pooled fraction of patches per word
+    c.loss.presence_margin = 0.3           # presence: cosine at which a word is 50 % present
+    c.loss.presence_temperature = 0.1      # <= 0: the learnable logit scale
     c.loss.region_temperature = 0.0        # learnable, shared with image_text
     c.loss.region_num = 8                  # M regions
     c.loss.region_iters = 3                # soft k-means updates
@@ -100,10 +103,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 
-def multi_grained_loss(c, image_text=1.0, object=1.0, region=1.0, pixel=1.0, background=0.0):
+def multi_grained_loss(c, image_text=1.0, object=1.0, region=1.0, pixel=1.0, background=0.0,
+                       presence=0.0):
     """Switches on MGCA's full objective (weights per term)."""
     c.loss.weights = dict(image_text=image_text, object=object, region=region, pixel=pixel,
-                          background=background)
+                          background=background, presence=presence)
     return c
 
 

@@ -78,7 +78,7 @@ def check_config(config, num_devices: int) -> None:
     if loss.get("object_query", "own") not in ("own", "candidate"):
         raise ConfigError(f"config.loss.object_query: unknown {loss.object_query!r}; "
                           "use 'own' or 'candidate'")
-    for field in ("image_text_topk", "background_fraction", "pixel_top_fraction"):
+    for field in ("image_text_topk", "background_fraction", "pixel_top_fraction", "presence_topk"):
         v = loss.get(field, 0.5)
         if not _is_number(v) or not 0 < v <= 1:
             raise ConfigError(f"config.loss.{field}: expected a fraction in (0, 1], got {v!r}")

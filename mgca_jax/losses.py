@@ -142,6 +142,43 @@ def object_term(out, batch, cfg, axis_name, rng):
     return cross_entropy(logits, pos, valid)
 
 
+def presence_term(out, batch, cfg, axis_name, rng):
+    """Object level, multiple-instance: is word w shown anywhere in image i?
+
+    s[i, j] = mean of the top `presence_topk` fraction of cos(p[i, n], o[j]) over
+    patches n, for every valid unit j of the global batch; y[i, j] = 1 when unit j's
+    word is among image i's own words. Loss: sigmoid cross-entropy of
+    (s - presence_margin) / presence_temperature against y, each unit weighted by
+    1 / (valid units with its word) so every distinct word counts once; mean over
+    the batch's distinct words, per image. Words are independent (no softmax over
+    them), so an image with several objects is not told that only one is there.
+    """
+    del rng
+    p = l2_normalize(out["patch_embed"])                    # [b, N, E]
+    o = l2_normalize(out["object_embed"])                   # [b, K, E]
+    ids, valid = batch["object_ids"], batch["object_mask"]  # [b, K]
+    b, n, e = p.shape
+    all_o = gather(o, axis_name).reshape(-1, e)             # [J, E]
+    all_ids = gather(ids, axis_name).reshape(-1)
+    all_valid = gather(valid, axis_name).reshape(-1)
+    k = max(1, min(n, int(-(-float(cfg.presence_topk) * n // 1))))
+    c = _largest_divisor(all_o.shape[0], int(cfg.get("object_chunk", 256)))
+
+    def scores(uc):                                         # [c, E] -> [b, c]
+        return jax.lax.top_k(jnp.einsum("bne,ce->bcn", p, uc), k)[0].mean(-1)
+
+    s = jax.lax.map(scores, all_o.reshape(-1, c, e)).transpose(1, 0, 2).reshape(b, -1)   # [b, J]
+    same_word = all_ids[:, None] == all_ids[None, :]
+    copies = (same_word & all_valid[None, :]).sum(-1)
+    weight = jnp.where(all_valid, 1.0 / jnp.maximum(copies, 1), 0.0)                    # [J]
+    present = ((ids[:, :, None] == all_ids[None, None, :]) & valid[:, :, None]).any(1)  # [b, J]
+    logits = _tau(cfg, "presence", out) * (s - float(cfg.presence_margin))
+    bce = jax.nn.softplus(logits) - present * logits
+    words = weight.sum()
+    loss = (bce * weight[None, :]).sum() / jnp.maximum(words, 1.0) / b
+    return loss, jnp.where(words > 0, float(b), 0.0)
+
+
 def soft_kmeans(p, num_regions, iters, temperature):
     """Regions of patches p [b, N, E] (normalised): M centroids [b, M, E].
 
@@ -368,11 +405,12 @@ def background_term(out, batch, cfg, axis_name, rng):
 TERMS: dict[str, Callable] = {
     "image_text": image_text_term,
     "object": object_term,
+    "presence": presence_term,
     "region": region_term,
     "pixel": pixel_term,
     "background": background_term,
 }
-NEEDS_OBJECTS = {"object", "pixel", "background"}  # terms that use object_embed
+NEEDS_OBJECTS = {"object", "presence", "pixel", "background"}  # terms that use object_embed
 
 
 def needs_objects(loss_cfg) -> bool:

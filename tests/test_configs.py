@@ -47,7 +47,7 @@ def test_bad_values_name_the_field():
         config_check.check_config(c, 1)
     for field, value in (("loss.image_text_pool", "max"), ("loss.image_text_topk", 0.0),
                          ("loss.background_fraction", 1.5), ("model.attention_radius", "1,2"),
-                         ("loss.object_query", "self")):
+                         ("loss.object_query", "self"), ("loss.presence_topk", 2.0)):
         c = load("demo")
         group, name = field.split(".")
         c[group][name] = value

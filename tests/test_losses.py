@@ -24,7 +24,7 @@ from mgca_jax.sharding import make_mesh
 EPS = 1e-6
 RTOL, ATOL = 1e-5, 1e-5          # float32 loss vs float64 reference
 GRAD_RTOL, GRAD_ATOL = 2e-4, 2e-6  # float32 vs float32, different summation orders
-TERM_NAMES = ("image_text", "object", "region", "pixel", "background")
+TERM_NAMES = ("image_text", "object", "presence", "region", "pixel", "background")
 
 
 # --------------------------------------------------------------------------- set-up
@@ -156,6 +156,35 @@ def ref_object(out, batch, cfg, xp=np):
     logits = xp.where(allowed, scale * sims, -xp.inf)
     rows = np.flatnonzero(mask_f)                                            # valid anchors
     return ce_rows(logits[rows], rows, xp).mean()
+
+
+def ref_presence(out, batch, cfg, xp=np, fixed=None):
+    """Per image, per distinct valid word of the batch: sigmoid cross-entropy of
+    (mean of the word's top-k patch cosines - margin) / T, present = in the image's words.
+    The top-k choice is made on NumPy values (`fixed`, default `out`): it carries no gradient."""
+    fixed = as_xp(out if fixed is None else fixed, np)
+    fp, fo = nrm(fixed["patch_embed"], np), nrm(fixed["object_embed"], np)
+    out = as_xp(out, xp)
+    p, o = nrm(out["patch_embed"], xp), nrm(out["object_embed"], xp)
+    ids, mask = batch["object_ids"], batch["object_mask"]
+    B, N = p.shape[:2]
+    k = int(np.ceil(cfg.presence_topk * N))
+    scale = scale_of(cfg, "presence", out)
+    words = sorted(set(ids[mask].tolist()))
+    total = 0.0
+    for i in range(B):
+        for w in words:
+            # every unit of word w (identical or not) counts 1 / copies
+            units = [(j, kk) for j in range(B) for kk in range(ids.shape[1]) if mask[j, kk] and ids[j, kk] == w]
+            y = float(w in ids[i][mask[i]].tolist())
+            for j, kk in units:
+                cos = p[i] @ o[j, kk]
+                s = cos[np.argsort(-(fp[i] @ fo[j, kk]))[:k]].mean()
+                z = scale * (s - cfg.presence_margin)
+                # log(1 + e^z) - y z, written stably
+                bce = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z))) - y * z
+                total = total + bce / len(units)
+    return total / (B * max(len(words), 1))
 
 
 def ref_regions(p, cfg, xp):
@@ -314,8 +343,8 @@ def ref_background(out, batch, cfg, xp=np, fixed=None):
     return xp.stack(terms).mean()
 
 
-REFS = dict(image_text=ref_image_text, object=ref_object, region=ref_region, pixel=ref_pixel,
-            background=ref_background)
+REFS = dict(image_text=ref_image_text, object=ref_object, presence=ref_presence, region=ref_region,
+            pixel=ref_pixel, background=ref_background)
 
 
 # --------------------------------------------------------------------------- values
@@ -328,6 +357,10 @@ TERM_CASES = [
     ("object", dict(object_temperature=0.0, object_attn_temperature=0.2), dict(N=9, seed=3)),
     ("object", dict(object_query="candidate"), dict(N=9)),
     ("object", dict(object_query="candidate", object_chunk=3, object_temperature=0.0), dict(N=9, seed=5)),
+    ("presence", {}, dict(N=16)),
+    ("presence", dict(presence_topk=0.25, presence_margin=0.1, presence_temperature=0.0,
+                      object_chunk=3), dict(N=9, seed=11)),
+    ("presence", dict(presence_topk=1.0, presence_temperature=0.5), dict(N=9, seed=12, vocab=2)),
     ("region", dict(region_num=4, region_iters=2, region_chunk=64), dict(N=9)),
     ("region", dict(region_num=5, region_iters=3, region_chunk=3, region_temperature=0.1),
      dict(N=16, seed=4)),
@@ -372,6 +405,26 @@ def test_reference_cases_are_not_degenerate():
 
 
 # --------------------------------------------------------------------------- hand cases
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_presence_hand_case(devices, meshes):
+    """Two images, two words, k = 1 of 2 patches, margin 0.5, T = 1. Image 0 shows both
+    shapes but names word 5; image 1 shows only word 6 and names it. Logits
+    s - 0.5: image 0 (+0.5, +0.5), image 1 (-0.5, +0.5); labels (1, 0), (0, 1).
+    Mean BCE = (3 log(1 + e^-0.5) + log(1 + e^0.5)) / 4. A duplicate unit of word 6
+    (image 1, slot 1) changes nothing: each distinct word counts once."""
+    p = np.array([[[1, 0], [0, 1]], [[0, 1], [0, 1]]], np.float32)
+    o = np.array([[[1, 0], [0, 0]], [[0, 1], [0, 1]]], np.float32)
+    out = dict(patch_embed=p, object_embed=o, logit_scale=np.float32(10.0))
+    cfg = only("presence", presence_topk=0.5, presence_margin=0.5, presence_temperature=1.0)
+    expected = (3 * np.log1p(np.exp(-0.5)) + np.log1p(np.exp(0.5))) / 4
+    for ids, mask in ((np.array([[5, -1], [6, -1]]), np.array([[1, 0], [1, 0]], bool)),
+                      (np.array([[5, -1], [6, 6]]), np.array([[1, 0], [1, 1]], bool))):
+        batch = dict(object_ids=ids.astype(np.int32), object_mask=mask)
+        _, values = run_loss(out, batch, cfg, meshes[devices])
+        np.testing.assert_allclose(values["presence"], expected, rtol=1e-6)
+        np.testing.assert_allclose(ref_presence(out, batch, cfg), expected, rtol=1e-6)  # EPS in the norm
+
 
 @pytest.mark.parametrize("devices", [1, 8])
 def test_object_every_other_unit_same_word_is_zero(devices, meshes):
@@ -445,6 +498,7 @@ GRAD_CASES = [
     ("image_text", {}),
     ("image_text_topk", dict(image_text_pool="topk", image_text_topk=0.2)),
     ("object", dict(object_temperature=0.0)),
+    ("presence", dict(presence_topk=0.2, presence_temperature=0.0, object_chunk=4)),
     ("region", dict(region_num=4, region_iters=2, region_chunk=3)),
     ("pixel", dict(pixel_anchors=16, pixel_hard_k=4, pixel_chunk=4, pixel_temperature=0.0)),
     ("background", dict(background_anchors=16, pixel_hard_k=3, pixel_chunk=4, pixel_temperature=0.0)),
@@ -466,6 +520,8 @@ def test_gradient_matches_reference(term, overrides, meshes):
         ref = lambda o: ref_pixel(o, batch, cfg, jnp, sel)
     elif term == "background":
         ref = lambda o: ref_background(o, batch, cfg, jnp, fixed=out)
+    elif term == "presence":
+        ref = lambda o: ref_presence(o, batch, cfg, jnp, fixed=out)
     else:
         ref = lambda o: REFS[term](o, batch, cfg, jnp)
     with jax.default_device(jax.devices()[0]):
@@ -475,6 +531,7 @@ def test_gradient_matches_reference(term, overrides, meshes):
                                    atol=GRAD_ATOL, err_msg=k)
     touched = {"image_text": (["patch_embed"] if pool else ["image_embed"]) + ["text_embed", "logit_scale"],
                "object": ["patch_embed", "object_embed", "logit_scale"],
+               "presence": ["patch_embed", "object_embed", "logit_scale"],
                "region": ["patch_embed", "token_embed", "logit_scale"],
                "pixel": ["patch_embed", "object_embed", "logit_scale"],
                "background": ["patch_embed", "object_embed", "logit_scale"]}[term]
@@ -563,7 +620,7 @@ def test_zero_weight_term_is_not_computed(meshes, monkeypatch):
 # Full objective, learnable object scale, 2 sampled anchors out of 4 confident patches per
 # image, chunked mining (24 units in chunks of 4) and regions scored 2 images at a time
 # (largest divisor of the global batch <= 3); non-unit weights.
-FULL_WEIGHTS = dict(image_text=0.5, object=2.0, region=0.25, pixel=1.5, background=0.75)
+FULL_WEIGHTS = dict(image_text=0.5, object=2.0, presence=0.6, region=0.25, pixel=1.5, background=0.75)
 FULL_CFG = loss_cfg(FULL_WEIGHTS, pixel_anchors=2, pixel_hard_k=3, pixel_chunk=5, region_num=4,
                     background_anchors=2,
                     region_chunk=3, object_temperature=0.0)
@@ -591,7 +648,7 @@ def test_sharded_equals_unsharded_full_objective_with_sampled_anchors(meshes):
     # the rng does drive the anchor sampling
     (_, v_other), _ = run_loss(out, batch, cfg, meshes[8], jax.random.key(8), grad=True)
     assert v_other["pixel"] != v1["pixel"] and v_other["background"] != v1["background"]
-    for t in ("image_text", "object", "region"):
+    for t in ("image_text", "object", "presence", "region"):
         np.testing.assert_allclose(v_other[t], v1[t], rtol=1e-6)
 
 
@@ -613,6 +670,6 @@ def test_sampled_anchors_follow_documented_rng(meshes):
     (total, values), _ = run_loss(out, batch, cfg, meshes[8], rng, grad=True)
     np.testing.assert_allclose(values["pixel"], expected, rtol=RTOL, atol=ATOL)
     # the other terms of the full objective and the weighted sum
-    for t in ("image_text", "object", "region"):
+    for t in ("image_text", "object", "presence", "region"):
         np.testing.assert_allclose(values[t], REFS[t](out, batch, cfg), rtol=RTOL, atol=ATOL, err_msg=t)
     np.testing.assert_allclose(total, sum(FULL_WEIGHTS[t] * values[t] for t in TERM_NAMES), rtol=1e-6)
