@@ -58,11 +58,11 @@ def variant_weights(config_weights, variant):
 
 
 def config_weights(config_path):
-    """config.loss.weights of a config file (its get_config())."""
+    """The terms a config file switches on (its get_config().loss.weights, zeros left out)."""
     spec = importlib.util.spec_from_file_location("ablation_config", config_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dict(module.get_config().loss.weights)
+    return {k: float(v) for k, v in module.get_config().loss.weights.items() if float(v) != 0.0}
 
 
 def weight_flags(weights):
