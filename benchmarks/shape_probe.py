@@ -54,12 +54,20 @@ class Probe(nn.Module):
     stem: str
     radius: str
     outputs: int
+    head: str = "linear"
 
     @nn.compact
     def __call__(self, images):
         x = images.astype(jnp.float32) / 127.5 - 1.0
         out = ViT(self.variant, stem=self.stem, attention_radius=self.radius)(x)
-        return nn.Dense(self.outputs, name="head")(out["patches"])   # [B, L, outputs]
+        if self.head == "linear":
+            return nn.Dense(self.outputs, name="head")(out["patches"])   # [B, L, outputs]
+        # "cosine": the presence term's logits, (cos(patch, class vector) - 0.3) / 0.1, with
+        # free class vectors in place of the text tower's units
+        unit = lambda v: v / jnp.sqrt((v * v).sum(-1, keepdims=True) + 1e-6)
+        patches = unit(nn.Dense(128, name="proj")(out["patches"]))
+        classes = unit(self.param("classes", nn.initializers.normal(1.0), (self.outputs, 128)))
+        return (patches @ classes.T - 0.3) / 0.1
 
 
 def patch_targets(masks, patch):
@@ -95,6 +103,8 @@ def main(argv=None):
     ap.add_argument("--variant", default="mu/8")
     ap.add_argument("--stem", choices=STEMS, default="patch")
     ap.add_argument("--radius", default="1", help="attention radius ('' = global)")
+    ap.add_argument("--head", choices=("linear", "cosine"), default="linear",
+                    help="presence: a linear head, or the presence term's cosine logits")
     ap.add_argument("--topk", type=float, default=0.03, help="presence: pooled fraction of patches")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=64)
@@ -120,7 +130,9 @@ def main(argv=None):
               f"ceiling of the patch grid (each patch's majority class) {ceiling.mean():.2f}")
 
     dense = args.mode == "dense"
-    model = Probe(args.variant, args.stem, args.radius, NUM_CLASSES + 1 if dense else NUM_CLASSES)
+    if dense and args.head != "linear":
+        sys.exit("shape_probe: --head=cosine is for --mode=presence")
+    model = Probe(args.variant, args.stem, args.radius, NUM_CLASSES + 1 if dense else NUM_CLASSES, args.head)
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(train_x[:2]))
     optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(0, args.lr, min(50, args.steps // 2), args.steps),
                             weight_decay=0.05)

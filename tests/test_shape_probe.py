@@ -75,3 +75,20 @@ def test_two_steps_print_the_curve(capsys, tmp_path):
     rows = [line for line in out.splitlines() if line.startswith("step ")]
     assert [r.split()[1] for r in rows] == ["1/2", "2/2"]
     assert all("atypical mIoU" in r and "standard mIoU" in r and "steps/s" in r for r in rows)
+
+
+def test_cosine_head_is_the_presence_terms_logits():
+    """--head=cosine: (cos(projected patch, class vector) - 0.3) / 0.1, re-derived in float64."""
+    import jax
+    model = probe.Probe("mu/8", "patch", "1", 8, "cosine")
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    params = model.init(jax.random.PRNGKey(0), images)
+    got = np.asarray(model.apply(params, images))
+    patches = np.asarray(model.apply(params, images, capture_intermediates=lambda m, _: m.name == "proj",
+                                     mutable=["intermediates"])[1]["intermediates"]["proj"]["__call__"][0],
+                         np.float64)
+    classes = np.asarray(params["params"]["classes"], np.float64)
+    unit = lambda v: v / np.sqrt((v * v).sum(-1, keepdims=True) + 1e-6)
+    want = (unit(patches) @ unit(classes).T - 0.3) / 0.1
+    assert got.shape == (2, 16, 8) and np.ptp(want) > 1.0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
