@@ -29,6 +29,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mgca_jax.data import scenes  # noqa: E402
 from mgca_jax.evaluation import metrics  # noqa: E402
+from mgca_jax.losses import l2_normalize  # noqa: E402
 from mgca_jax.models.vit import STEMS, ViT, parse_variant  # noqa: E402
 
 NUM_CLASSES = len(scenes.CLASS_NAMES)
@@ -64,9 +65,8 @@ class Probe(nn.Module):
             return nn.Dense(self.outputs, name="head")(out["patches"])   # [B, L, outputs]
         # "cosine": the presence term's logits, (cos(patch, class vector) - 0.3) / 0.1, with
         # free class vectors in place of the text tower's units
-        unit = lambda v: v / jnp.sqrt((v * v).sum(-1, keepdims=True) + 1e-6)
-        patches = unit(nn.Dense(128, name="proj")(out["patches"]))
-        classes = unit(self.param("classes", nn.initializers.normal(1.0), (self.outputs, 128)))
+        patches = l2_normalize(nn.Dense(128, name="proj")(out["patches"]))
+        classes = l2_normalize(self.param("classes", nn.initializers.normal(1.0), (self.outputs, 128)))
         return (patches @ classes.T - 0.3) / 0.1
 
 

@@ -154,20 +154,15 @@ def presence_term(out, batch, cfg, axis_name, rng):
     them), so an image with several objects is not told that only one is there.
     """
     del rng
-    p = l2_normalize(out["patch_embed"])                    # [b, N, E]
     o = l2_normalize(out["object_embed"])                   # [b, K, E]
     ids, valid = batch["object_ids"], batch["object_mask"]  # [b, K]
-    b, n, e = p.shape
+    b, e = ids.shape[0], o.shape[-1]
     all_o = gather(o, axis_name).reshape(-1, e)             # [J, E]
     all_ids = gather(ids, axis_name).reshape(-1)
     all_valid = gather(valid, axis_name).reshape(-1)
-    k = max(1, min(n, int(-(-float(cfg.presence_topk) * n // 1))))
     c = _largest_divisor(all_o.shape[0], int(cfg.get("object_chunk", 256)))
-
-    def scores(uc):                                         # [c, E] -> [b, c]
-        return jax.lax.top_k(jnp.einsum("bne,ce->bcn", p, uc), k)[0].mean(-1)
-
-    s = jax.lax.map(scores, all_o.reshape(-1, c, e)).transpose(1, 0, 2).reshape(b, -1)   # [b, J]
+    s = jax.lax.map(lambda uc: topk_pooled_scores(out["patch_embed"], uc, float(cfg.presence_topk)),
+                    all_o.reshape(-1, c, e)).transpose(1, 0, 2).reshape(b, -1)             # [b, J]
     same_word = all_ids[:, None] == all_ids[None, :]
     copies = (same_word & all_valid[None, :]).sum(-1)
     weight = jnp.where(all_valid, 1.0 / jnp.maximum(copies, 1), 0.0)                    # [J]
