@@ -77,6 +77,27 @@ def test_two_steps_print_the_curve(capsys, tmp_path):
     assert all("atypical mIoU" in r and "standard mIoU" in r and "steps/s" in r for r in rows)
 
 
+def test_plot_reads_a_trainer_workdir(tmp_path):
+    """The curve of a trainer workdir: its eval_step*.json in step order, as percent."""
+    import json
+    for step, miou in ((1000, 0.125), (500, 0.0991), (1500, 0.2)):
+        (tmp_path / f"eval_step{step}.json").write_text(json.dumps(
+            {"step": step, "splits": {"tune": {"miou": 0.5}, "tune_atypical": {"miou": miou}}}))
+    plot = _load_plot()
+    steps, scores, _ = plot.read_curve(str(tmp_path))
+    assert steps == [500, 1000, 1500]
+    np.testing.assert_allclose(scores, [9.91, 12.5, 20.0])
+    assert plot.read_curve(str(tmp_path), "tune")[1] == [50.0] * 3
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        plot.read_curve(str(tmp_path), "validation")
+    png = tmp_path / "curve.png"
+    plot.main(["--out", str(png), "--title", "t", f"run={tmp_path}"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no eval_step"):
+        plot.main(["--out", str(png), f"x={tmp_path / 'empty'}"])
+
+
 def test_cosine_head_is_the_presence_terms_logits():
     """--head=cosine: (cos(projected patch, class vector) - 0.3) / 0.1, re-derived in float64."""
     import jax
