@@ -195,7 +195,8 @@ class Peer:
 
 
 def time_parts(step, reps):
-    """{part: (median seconds, GFLOPs)} of separately jitted forward+backward parts."""
+    """{part: (median seconds, GFLOPs, MB accessed)} of separately jitted forward+backward
+    parts; FLOPs and bytes from XLA's cost analysis of each compiled part."""
     import jax
     import jax.numpy as jnp
     from mgca_jax import losses
@@ -238,7 +239,8 @@ def time_parts(step, reps):
                 t = time.perf_counter()
                 jax.block_until_ready(fn(*fargs))
                 times.append(time.perf_counter() - t)
-            result[name] = (statistics.median(times), float(cost.get("flops", 0.0)) / 1e9)
+            result[name] = (statistics.median(times), float(cost.get("flops", 0.0)) / 1e9,
+                            float(cost.get("bytes accessed", 0.0)) / 1e6)
     return result
 
 
@@ -301,18 +303,18 @@ def main(argv=None):
             if not name.startswith("mgca_jax"):
                 continue
             print(f"\nbreakdown of {name} (separately jitted forward+backward parts; median of "
-                  f"{args.repeats} timed calls; FLOPs from XLA cost analysis"
+                  f"{args.repeats} timed calls; FLOPs and bytes accessed from XLA cost analysis"
                   + ("; the peer's eager parts of the same name, timed the same way" if peer_parts else "")
                   + "):")
             peer_cols = list(peer_parts)
-            print("| part | ms | GFLOP |" + "".join(f" {p} ms |" for p in peer_cols)
-                  + "\n| --- | ---: | ---: |" + " ---: |" * len(peer_cols))
-            for part, (sec, gflop) in time_parts(step, args.repeats).items():
+            print("| part | ms | GFLOP | MB accessed |" + "".join(f" {p} ms |" for p in peer_cols)
+                  + "\n| --- | ---: | ---: | ---: |" + " ---: |" * len(peer_cols))
+            for part, (sec, gflop, mbytes) in time_parts(step, args.repeats).items():
                 cells = "".join(f" {1e3 * peer_parts[p][part]:.1f} |" if part in peer_parts[p] else " - |"
                                 for p in peer_cols)
-                print(f"| {part} | {1e3 * sec:.1f} | {gflop:.3g} |{cells}")
+                print(f"| {part} | {1e3 * sec:.1f} | {gflop:.3g} | {mbytes:.4g} |{cells}")
             cells = "".join(f" {1e3 * args.batch / med[p]:.1f} |" for p in peer_cols)
-            print(f"| whole step | {1e3 * args.batch / med[name]:.1f} | - |{cells}")
+            print(f"| whole step | {1e3 * args.batch / med[name]:.1f} | - | - |{cells}")
     print(f"\nload average {os.getloadavg()[0]:.2f} at end", flush=True)
 
 

@@ -157,8 +157,13 @@ def test_train_step_speed_prints_rates_and_breakdown():
             if ln.startswith("| ") and not ln.startswith("| ---")}
     assert float(rows["mgca_jax image_text"][0]) > 0, proc.stdout
     for part in ("image tower", "text tower (captions)", "loss: image_text", "optimizer (AdamW update)"):
-        ms, gflop = map(float, rows[part])
+        ms, gflop, mbytes = map(float, rows[part])
         assert ms > 0 and gflop > 0, (part, proc.stdout)
+        assert mbytes > 0, (part, proc.stdout)
+    # AdamW reads gradients, both moments and parameters and writes both moments and the
+    # update: at least 7 float32 values per parameter (params printed in millions, 2 decimals)
+    millions = float(proc.stdout.split("mgca_jax image_text: ")[1].split("M params")[0])
+    assert float(rows["optimizer (AdamW update)"][2]) >= 7 * 4 * (millions - 0.005), proc.stdout
     bad = subprocess.run([sys.executable, script, "--batch=0"], capture_output=True, text=True,
                          timeout=120, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
