@@ -62,7 +62,7 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    refs = []
+    refs, workdirs = [], False
     for spec in args.curves:
         label, sep, path = spec.rpartition("=")
         if not sep or not label:
@@ -73,11 +73,11 @@ def main(argv=None):
             sys.exit(f"plot_probe_curves: {e}")
         ax.plot(steps, scores, marker="o", label=label)
         refs.append(background)
+        workdirs |= os.path.isdir(path)
     background = next((b for b in refs if b is not None), None)
     if background is not None:
         ax.axhline(background, color="grey", ls="--", lw=1, label="all background")
     ax.set_xlabel("training step (batch 64)")
-    workdirs = any(os.path.isdir(spec.rpartition("=")[2]) for spec in args.curves)
     ax.set_ylabel(f"mIoU on {args.split} (%)" if workdirs else "mIoU on atypical-colour scenes (%)")
     ax.set_title(args.title)
     ax.grid(alpha=0.3)
