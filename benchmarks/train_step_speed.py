@@ -26,8 +26,12 @@ optimizer update; with XLA's cost analysis FLOPs of each part. With a peer, the
 breakdown gets a column of open_clip's eager parts of the same names (towers, loss,
 AdamW), timed the same way. Parts are timed alone, so they need not add up to the step.
 
+With --op_profile N, the first mode's whole step is traced with the JAX profiler and its
+N costliest HLO ops are printed (time per step, joined to each op's op_name metadata), with
+the share of matmuls against everything else.
+
 Usage:
-  .venv/bin/python benchmarks/train_step_speed.py [--peer /work/peer_venv/bin/python]
+  .venv/bin/python benchmarks/train_step_speed.py [--peer /work/peer_venv/bin/python] [--op_profile 25]
       [--batch 128] [--image_size 64] [--steps 5] [--repeats 5] [--threads 2]
 """
 import argparse
@@ -66,7 +70,12 @@ def parse_args(argv=None):
     ap.add_argument("--object_words", type=int, default=20, help="distinct object words drawn")
     ap.add_argument("--object_prompt_slots", type=int, default=64)
     ap.add_argument("--no_breakdown", action="store_true")
+    ap.add_argument("--op_profile", type=int, default=0,
+                    help="print the N costliest HLO ops of the first mode's step (JAX profiler); 0 = off")
     args = ap.parse_args(argv)
+    if args.op_profile < 0:
+        print(f"error: --op_profile: must be >= 0, got {args.op_profile}", file=sys.stderr)
+        sys.exit(2)
     for name in ("batch", "image_size", "max_len", "vocab", "embed_dim", "steps", "repeats", "threads"):
         if getattr(args, name) <= 0:
             print(f"error: --{name}: must be positive, got {getattr(args, name)}", file=sys.stderr)
@@ -244,6 +253,51 @@ def time_parts(step, reps):
     return result
 
 
+def op_name_key(op_name):
+    """("backward", "image/encoder/blockNN/mlp/fc1/dot_general") from an HLO op_name such as
+    "jit(step)/transpose(jvp(TwoTower))/image/encoder/block03/mlp/fc1/dot_general"."""
+    import re
+    direction = "backward" if "transpose(" in op_name else "forward"
+    parts = [p for p in op_name.split("/") if not re.fullmatch(r"(jit|jvp|transpose|vmap|checkpoint)\(.*", p)]
+    return direction, re.sub(r"(block)\d+", r"\1NN", "/".join(parts))
+
+
+def op_profile(step, steps):
+    """[(ms per step, calls per step, shape, direction, op)] of the step's HLO ops, costliest
+    first, and the step's wall ms: the JAX profiler's trace of `steps` steps (perfetto JSON),
+    each op event joined by instruction name to the compiled module's op_name metadata, ops
+    of the same name path and shape summed (block indices merged)."""
+    import collections
+    import glob
+    import gzip
+    import re
+    import tempfile
+    jax = step.jax
+    with jax.set_mesh(step.mesh):
+        hlo = step.step_fn.lower(step.state, step.batch, step.rng).compile().as_text()
+    ops = {}
+    for line in hlo.splitlines():
+        m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) .*?op_name="([^"]+)"', line)
+        if m:
+            ops[m.group(1)] = (re.sub(r"\{[^}]*\}", "", m.group(2)), *op_name_key(m.group(3)))
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            wall = step.run(steps)
+        traces = glob.glob(os.path.join(d, "**", "*.json.gz"), recursive=True)
+        if not traces:
+            raise RuntimeError(f"--op_profile: the JAX profiler wrote no perfetto trace under {d}")
+        with gzip.open(traces[0]) as f:
+            events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in ops:
+            total[ops[e["name"]]] += e["dur"] / 1e3 / steps    # microseconds -> ms per step
+            calls[ops[e["name"]]] += 1 / steps
+    rows = [(ms, calls[key], *key) for key, ms in total.most_common()]
+    return rows, 1e3 * wall / steps
+
+
 def main(argv=None):
     args = parse_args(argv)
     cores = pin_threads(args.threads)
@@ -315,6 +369,21 @@ def main(argv=None):
                 print(f"| {part} | {1e3 * sec:.1f} | {gflop:.3g} | {mbytes:.4g} |{cells}")
             cells = "".join(f" {1e3 * args.batch / med[p]:.1f} |" for p in peer_cols)
             print(f"| whole step | {1e3 * args.batch / med[name]:.1f} | - | - |{cells}")
+    if args.op_profile:
+        name = next(n for n in runners if n.startswith("mgca_jax"))
+        rows, wall_ms = op_profile(runners[name], args.steps)
+        covered = sum(r[0] for r in rows)
+        print(f"\nop profile of {name} (JAX profiler trace of {args.steps} steps; each HLO op's "
+              f"time joined to its op_name, block indices merged): ops timed {covered:.1f} ms of a "
+              f"{wall_ms:.1f} ms step; the {args.op_profile} costliest:")
+        print("| ms/step | share of step | calls/step | shape | pass | op |\n| ---: | ---: | ---: | --- | --- | --- |")
+        for ms, n, shape, direction, op in rows[:args.op_profile]:
+            print(f"| {ms:.2f} | {100 * ms / wall_ms:.1f} % | {n:.0f} | {shape} | {direction} | {op} |")
+        kinds = {}
+        for ms, _, _, _, op in rows:
+            kind = "matmul (dot_general)" if op.endswith("dot_general") else "other ops"
+            kinds[kind] = kinds.get(kind, 0.0) + ms
+        print("by kind: " + ", ".join(f"{k} {v:.1f} ms ({100 * v / wall_ms:.0f} %)" for k, v in kinds.items()))
     print(f"\nload average {os.getloadavg()[0]:.2f} at end", flush=True)
 
 

@@ -144,6 +144,14 @@ def test_inference_speed_takes_the_patch_from_the_variant():
     assert len(rows) == 1 and float(rows[0][1]) > 0 and float(rows[0][3]) > 0, proc.stdout
 
 
+def test_op_name_key_merges_blocks_and_names_the_pass():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from train_step_speed import op_name_key
+    assert op_name_key("jit(step)/transpose(jvp(TwoTower))/image/encoder/block03/mlp/fc1/dot_general") == (
+        "backward", "image/encoder/blockNN/mlp/fc1/dot_general")
+    assert op_name_key("jit(step)/jvp(TwoTower)/text/block11/attn/div") == ("forward", "text/blockNN/attn/div")
+
+
 def test_train_step_speed_prints_rates_and_breakdown():
     """Small dims, one step, no peer: the rate row and the breakdown's parts are printed."""
     import subprocess
@@ -151,9 +159,11 @@ def test_train_step_speed_prints_rates_and_breakdown():
     script = os.path.join(ROOT, "benchmarks", "train_step_speed.py")
     proc = subprocess.run([sys.executable, script, "--batch=4", "--image_size=16", "--max_len=8",
                            "--vocab=32", "--embed_dim=16", "--steps=1", "--repeats=1",
-                           "--modes=image_text"], capture_output=True, text=True, timeout=600, env=env)
+                           "--modes=image_text", "--op_profile=1000"],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in proc.stdout.splitlines()
+    head, _, profile = proc.stdout.partition("op profile of mgca_jax image_text")
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in head.splitlines()
             if ln.startswith("| ") and not ln.startswith("| ---")}
     assert float(rows["mgca_jax image_text"][0]) > 0, proc.stdout
     for part in ("image tower", "text tower (captions)", "loss: image_text", "optimizer (AdamW update)"):
@@ -164,6 +174,18 @@ def test_train_step_speed_prints_rates_and_breakdown():
     # update: at least 7 float32 values per parameter (params printed in millions, 2 decimals)
     millions = float(proc.stdout.split("mgca_jax image_text: ")[1].split("M params")[0])
     assert float(rows["optimizer (AdamW update)"][2]) >= 7 * 4 * (millions - 0.005), proc.stdout
+    # the op profile joins the trace's op events to the HLO: each tower's first MLP matmul
+    # appears forward and backward, once per block (mu: 4 image blocks, 3 text blocks)
+    ops = [[c.strip() for c in ln.split("|")[1:-1]] for ln in profile.splitlines()
+           if ln.startswith("| ") and not ln.startswith("| ---") and not ln.startswith("| ms")]
+    for tower, blocks in (("image_tower", 4), ("text_tower", 3)):
+        for direction in ("forward", "backward"):
+            fc1 = [r for r in ops if r[4] == direction and r[5].endswith(
+                f"{tower}/encoder/blockNN/mlp/fc1/dot_general")]
+            assert fc1 and float(fc1[0][0]) > 0, (tower, direction, profile)
+            if direction == "forward":
+                assert float(fc1[0][2]) == blocks, (tower, profile)
+    assert "by kind: " in profile and "matmul (dot_general)" in profile, profile
     bad = subprocess.run([sys.executable, script, "--batch=0"], capture_output=True, text=True,
                          timeout=120, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
