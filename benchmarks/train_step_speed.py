@@ -374,8 +374,10 @@ def main(argv=None):
         rows, wall_ms = op_profile(runners[name], args.steps)
         covered = sum(r[0] for r in rows)
         print(f"\nop profile of {name} (JAX profiler trace of {args.steps} steps; each HLO op's "
-              f"time joined to its op_name, block indices merged): ops timed {covered:.1f} ms of a "
-              f"{wall_ms:.1f} ms step; the {args.op_profile} costliest:")
+              f"time joined to its op_name, block indices merged): {covered:.1f} ms of op time in a "
+              f"{wall_ms:.1f} ms traced step (XLA runs independent ops, e.g. the two towers, "
+              f"concurrently, so op times can add up to more than the step); the "
+              f"{args.op_profile} costliest:")
         print("| ms/step | share of step | calls/step | shape | pass | op |\n| ---: | ---: | ---: | --- | --- | --- |")
         for ms, n, shape, direction, op in rows[:args.op_profile]:
             print(f"| {ms:.2f} | {100 * ms / wall_ms:.1f} % | {n:.0f} | {shape} | {direction} | {op} |")
@@ -383,7 +385,8 @@ def main(argv=None):
         for ms, _, _, _, op in rows:
             kind = "matmul (dot_general)" if op.endswith("dot_general") else "other ops"
             kinds[kind] = kinds.get(kind, 0.0) + ms
-        print("by kind: " + ", ".join(f"{k} {v:.1f} ms ({100 * v / wall_ms:.0f} %)" for k, v in kinds.items()))
+        print("by kind, share of the op time: "
+              + ", ".join(f"{k} {v:.1f} ms ({100 * v / covered:.0f} %)" for k, v in kinds.items()))
     print(f"\nload average {os.getloadavg()[0]:.2f} at end", flush=True)
 
 

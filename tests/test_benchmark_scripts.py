@@ -185,7 +185,7 @@ def test_train_step_speed_prints_rates_and_breakdown():
             assert fc1 and float(fc1[0][0]) > 0, (tower, direction, profile)
             if direction == "forward":
                 assert float(fc1[0][2]) == blocks, (tower, profile)
-    assert "by kind: " in profile and "matmul (dot_general)" in profile, profile
+    assert "by kind, share of the op time: " in profile and "matmul (dot_general)" in profile, profile
     bad = subprocess.run([sys.executable, script, "--batch=0"], capture_output=True, text=True,
                          timeout=120, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
