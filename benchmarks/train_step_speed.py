@@ -294,6 +294,9 @@ def op_profile(step, steps):
         if e.get("ph") == "X" and e.get("name") in ops:
             total[ops[e["name"]]] += e["dur"] / 1e3 / steps    # microseconds -> ms per step
             calls[ops[e["name"]]] += 1 / steps
+    if not total:
+        raise RuntimeError("--op_profile: no event of the trace names an instruction of the compiled "
+                           "step (this jaxlib's CPU runtime may not trace its ops)")
     rows = [(ms, calls[key], *key) for key, ms in total.most_common()]
     return rows, 1e3 * wall / steps
 

@@ -8,8 +8,9 @@
 --dataset: a benchmark of evaluation/benchmarks.py (voc21, voc20, context60, context59,
 coco_object, coco_stuff, cityscapes, ade20k) read from --data_dir in its official
 layout; `all` (every benchmark found under --data_dir); or a split of the run's
-generated scenes: `embedded` (validation, i.e. config.data.eval_split),
-`embedded_atypical` (validation_atypical: the same kind of scenes with every object
+generated scenes: `embedded` (the run's config.data.eval_split: validation unless the
+run was trained with another), `embedded_validation` (validation, whatever the run's
+eval_split), `embedded_atypical` (validation_atypical: the same kind of scenes with every object
 in a contrasting colour that is not its class's typical one, so only shape tells
 the class), `embedded_tune` and `embedded_tune_atypical` (the tune splits, for
 choosing settings without either validation split). The embedded world is
@@ -67,8 +68,14 @@ class Job:
 
 
 # --dataset keys of the embedded world -> split (None = config.data.eval_split).
-EMBEDDED_DATASETS = {"embedded": None, "embedded_atypical": "validation_atypical",
+EMBEDDED_DATASETS = {"embedded": None, "embedded_validation": "validation",
+                     "embedded_atypical": "validation_atypical",
                      "embedded_tune": "tune", "embedded_tune_atypical": "tune_atypical"}
+
+
+def embedded_split(config, key: str = "embedded") -> str:
+    """The split a --dataset key of the embedded world scores."""
+    return EMBEDDED_DATASETS[key] or config.data.eval_split
 default_protocol = inference.default_protocol     # (short side, crop, stride) per training size
 
 
@@ -114,7 +121,7 @@ def embedded_job(config, data_dir: str, limit: int | None, key: str = "embedded"
     tf.config.set_visible_devices([], "GPU")
     from mgca_jax.data import scenes, scenes_builder
     builder = scenes_builder.build(data_dir, config.data.config_name)
-    split = EMBEDDED_DATASETS[key] or config.data.eval_split
+    split = embedded_split(config, key)
     if split not in builder.info.splits:
         fail(f"--dataset={key}: data set {builder.data_dir} has no split {split!r}")
     n = builder.info.splits[split].num_examples

@@ -292,6 +292,20 @@ def test_evaluate_scores_the_atypical_split(trained, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and "--dataset" in lines[0], proc.stderr
 
 
+def test_evaluate_dataset_keys_name_their_splits():
+    """`embedded` follows the run's eval_split; `embedded_validation` is validation always."""
+    from configs.common import base_config
+    from mgca_jax import evaluate
+    c = base_config()
+    c.data.eval_split = "tune"
+    assert {k: evaluate.embedded_split(c, k) for k in evaluate.EMBEDDED_DATASETS} == {
+        "embedded": "tune", "embedded_validation": "validation",
+        "embedded_atypical": "validation_atypical", "embedded_tune": "tune",
+        "embedded_tune_atypical": "tune_atypical"}
+    c.data.eval_split = "validation"
+    assert evaluate.embedded_split(c) == "validation"
+
+
 def test_trainer_scores_each_evaluation_split_with_its_atypical_partner():
     import types
     from configs.common import base_config
