@@ -196,6 +196,10 @@ MUTANTS: tuple[Mutant, ...] = (
     M("no_threshold_labels_unshifted", "mgca_jax/evaluate.py",
       "shift = 1 if job.has_background and bg is None else 0", "shift = 0",
       ("tests/test_inference_zeroshot.py",), "--bg_thresh=none scores class c as label c, one class off"),
+    M("embedded_key_follows_eval_split", "mgca_jax/evaluate.py",
+      "return EMBEDDED_DATASETS[key] or config.data.eval_split", "return config.data.eval_split",
+      ("tests/test_atypical_split.py::test_evaluate_dataset_keys_name_their_splits",),
+      "every embedded --dataset key scores the run's eval_split (a tune-trained run's 'validation' is tune)"),
     # --- image tower
     M("space_to_depth_block_order", "mgca_jax/models/vit.py",
       "x = x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 2, 4, 5)",
