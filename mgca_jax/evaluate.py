@@ -71,12 +71,12 @@ class Job:
 EMBEDDED_DATASETS = {"embedded": None, "embedded_validation": "validation",
                      "embedded_atypical": "validation_atypical",
                      "embedded_tune": "tune", "embedded_tune_atypical": "tune_atypical"}
+default_protocol = inference.default_protocol     # (short side, crop, stride) per training size
 
 
 def embedded_split(config, key: str = "embedded") -> str:
     """The split a --dataset key of the embedded world scores."""
     return EMBEDDED_DATASETS[key] or config.data.eval_split
-default_protocol = inference.default_protocol     # (short side, crop, stride) per training size
 
 
 def build_parser():
