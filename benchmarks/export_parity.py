@@ -108,7 +108,7 @@ def main(argv=None):
     classes = list(scenes.CLASS_NAMES)
     big = [np.asarray(jax.image.resize(img, (size * 3 // 2, size * 2, 3), "linear")).astype(np.uint8)
            for img in images]
-    short, crop, stride = inference.default_protocol(size)
+    short, crop, stride = inference.config_protocol(config)
     seg = inference.make_segmenter(m, loaded.params, tok, classes,
                                    protocol.get_templates(config.eval.templates), config.input.max_len,
                                    protocol_config=inference.ProtocolConfig(short, 2048, crop, stride),

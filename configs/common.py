@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.templates = "custom"       # TCL's 9 prompt templates
     c.eval.bg_thresh = 0.3
+    c.eval.test_scale = 2.0           # short side and window / training size (the field's 448 / 224)
     c.eval.num_examples = 8           # rows in the PNG grid
     c.eval.class_names = ""           # "a,b,c"; "" = the data set's class names
     return c

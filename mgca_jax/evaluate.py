@@ -193,7 +193,9 @@ def png_path(png: str, key: str, several: bool) -> str:
 def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None):
     """Runs every unit of `units` over the job's images; returns its JSON record."""
     config = loaded.config
-    pcfg = cli_utils.protocol_config(args, *default_protocol(job.train_size))
+    # embedded: the model's own protocol (config.eval.test_scale x its training size)
+    defaults = inference.config_protocol(config) if job.train_size else default_protocol()
+    pcfg = cli_utils.protocol_config(args, *defaults)
     bg = cli_utils.parse_bg_thresh(args.bg_thresh, config.eval.bg_thresh if job.has_background else None)
     seg = inference.make_segmenter(loaded.model, loaded.params, tokenizer, job.class_names, templates,
                                    config.input.max_len, units=units, unit_config=ucfg,

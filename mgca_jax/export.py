@@ -69,11 +69,11 @@ def evaluation_results(workdir: str) -> dict:
 
 
 def export_config(loaded: checkpoints.Loaded, workdir: str) -> dict:
-    from mgca_jax.evaluate import default_protocol
+    from mgca_jax import inference
     from mgca_jax.evaluation import protocol
     from mgca_jax.models import vit
     c = loaded.config
-    short, crop, stride = default_protocol(c.input.image_size)
+    short, crop, stride = inference.config_protocol(c)
     return {
         "format": api.FORMAT, "format_version": api.FORMAT_VERSION,
         "model": c.model.to_dict(),

@@ -70,16 +70,28 @@ class ProtocolConfig:
 
 
 FIELD_TRAIN_SIZE = 224     # the field trains at 224 and scores with ProtocolConfig()
+FIELD_TEST_SCALE = 2.0     # 448 / 224: the field's short side and window over its training size
 
 
-def default_protocol(train_size: int | None = None) -> tuple[int, int, int]:
+def default_protocol(train_size: int | None = None,
+                     test_scale: float = FIELD_TEST_SCALE) -> tuple[int, int, int]:
     """(short side, crop, stride): the field's for a benchmark; for a model trained at
-    `train_size` the same ratios to the training size as 448/448/224 to 224."""
+    `train_size`, short side and window `test_scale` x train_size and stride half the window
+    (at the field's scale 2 the ratios of 448/448/224 to 224)."""
     d = ProtocolConfig()
-    field = (d.short_side, d.crop, d.stride)
     if not train_size:
-        return field
-    return tuple(train_size * v // FIELD_TRAIN_SIZE for v in field)
+        return d.short_side, d.crop, d.stride
+    if not (isinstance(test_scale, (int, float)) and test_scale > 0):
+        raise ValueError(f"test_scale: expected a positive number, got {test_scale!r}")
+    side = max(int(round(train_size * test_scale)), 1)
+    return side, side, max(side // 2, 1)
+
+
+def config_protocol(config) -> tuple[int, int, int]:
+    """(short side, crop, stride) for a model trained with `config`: `config.eval.test_scale`
+    (absent in older configs: the field's 2) times its training size."""
+    scale = config.eval.get("test_scale", FIELD_TEST_SCALE) if "eval" in config else FIELD_TEST_SCALE
+    return default_protocol(int(config.input.image_size), scale)
 
 
 # --------------------------------------------------------------------------- units

@@ -88,8 +88,9 @@ def main(argv=None):
                                                        args.tokenizer)
     except checkpoints.CheckpointError as e:
         fail(e)
-    # Defaults follow the training size (the field's 448/448/224 for a model trained at 224).
-    pcfg = cli_utils.protocol_config(args, *default_protocol(loaded.config.input.image_size))
+    # Defaults follow the model's protocol: config.eval.test_scale x its training size (the
+    # field's 448/448/224 for a model trained at 224 with the default scale 2).
+    pcfg = cli_utils.protocol_config(args, *inference.config_protocol(loaded.config))
     from mgca_jax.evaluation import benchmarks, protocol, visualize
     try:
         templates = protocol.get_templates(args.templates or loaded.config.eval.templates)

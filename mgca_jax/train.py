@@ -157,8 +157,9 @@ EVAL_UNIT = "adaptive"      # the method's unit, scored as `python -m mgca_jax.e
 
 
 def eval_protocol(config) -> inference.ProtocolConfig:
-    """The model's default protocol (`evaluate --dataset=embedded`'s, from the training size)."""
-    short, crop, stride = inference.default_protocol(config.input.image_size)
+    """The model's default protocol (`evaluate --dataset=embedded`'s): config.eval.test_scale
+    times the training size."""
+    short, crop, stride = inference.config_protocol(config)
     return inference.ProtocolConfig(short_side=short, crop=crop, stride=stride)
 
 

@@ -292,6 +292,46 @@ def test_evaluate_scores_the_atypical_split(trained, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and "--dataset" in lines[0], proc.stderr
 
 
+def test_evaluate_and_export_follow_the_runs_test_scale(trained, tmp_path):
+    """`config.eval.test_scale` sets the embedded protocol everywhere the model is scored:
+    a copy of the run with test_scale 1 is scored by `evaluate` at its training size (32 px
+    windows, stride 16; a float64 re-count through a Segmenter built with that protocol by
+    hand) and its export records the same protocol."""
+    import shutil
+    wd, data, _ = trained
+    run = tmp_path / "wd"
+    shutil.copytree(wd, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["eval"]["test_scale"] = 1.0
+    (run / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "scale1.json"
+    proc = _run("-m", "mgca_jax.evaluate", f"--workdir={run}", "--dataset=embedded_atypical",
+                f"--data_dir={data}", "--unit=pixel", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(out.read_text())["results"]["embedded_atypical"]
+    assert (rec["protocol"]["short_side"], rec["protocol"]["crop"], rec["protocol"]["stride"]) == (32, 32, 16)
+
+    from mgca_jax import checkpoints, inference
+    from mgca_jax.evaluation import protocol, zeroshot
+    loaded = checkpoints.load(str(run), None)
+    tok = checkpoints.load_tokenizer(loaded.config)
+    emb = zeroshot.class_embeddings(loaded.model, loaded.params, tok, scenes.CLASS_NAMES,
+                                    protocol.get_templates(loaded.config.eval.templates),
+                                    loaded.config.input.max_len)
+    seg = inference.Segmenter(loaded.model, loaded.params, emb, units=("pixel",),
+                              protocol_config=inference.ProtocolConfig(short_side=32, crop=32, stride=16),
+                              bg_thresh=loaded.config.eval.bg_thresh)
+    exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(64)]
+    preds = [p[0] for p in seg.segment([e["image"] for e in exs])]
+    assert rec["units"]["pixel"]["miou"] == pytest.approx(_miou(preds, [e["mask"] for e in exs]),
+                                                          abs=1e-6)
+
+    proc = _run("-m", "mgca_jax.export", f"--workdir={run}", f"--out={tmp_path / 'export'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert meta["protocol"] == {"short_side": 32, "max_long": 128, "crop": 32, "stride": 16}
+
+
 def test_evaluate_dataset_keys_name_their_splits():
     """`embedded` follows the run's eval_split; `embedded_validation` is validation always."""
     from configs.common import base_config

@@ -19,7 +19,7 @@ def load(name):
     return module.get_config()
 
 
-@pytest.mark.parametrize("name", ["demo", "tiny", "cc3m"])
+@pytest.mark.parametrize("name", ["demo", "tiny", "cc3m", "shape"])
 def test_config_is_valid(name):
     c = load(name)
     config_check.check_config(c, 8)
@@ -47,7 +47,8 @@ def test_bad_values_name_the_field():
         config_check.check_config(c, 1)
     for field, value in (("loss.image_text_pool", "max"), ("loss.image_text_topk", 0.0),
                          ("loss.background_fraction", 1.5), ("model.attention_radius", "1,2"),
-                         ("loss.object_query", "self"), ("loss.presence_topk", 2.0)):
+                         ("loss.object_query", "self"), ("loss.presence_topk", 2.0),
+                         ("eval.test_scale", 0.0), ("eval.test_scale", -1.0)):
         c = load("demo")
         group, name = field.split(".")
         c[group][name] = value

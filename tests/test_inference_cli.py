@@ -123,6 +123,20 @@ def test_default_protocol_scales_the_fields_ratios_to_the_training_size():
     assert evaluate.default_protocol(224) == (448, 448, 224)
     assert evaluate.default_protocol(64) == (128, 128, 64)         # embedded demo: one 128 px window
     assert evaluate.default_protocol(32) == (64, 64, 32)
+    # config.eval.test_scale: short side and window test_scale x the training size, stride half
+    assert evaluate.default_protocol(64, 1.0) == (64, 64, 32)
+    assert evaluate.default_protocol(64, 1.5) == (96, 96, 48)
+    assert evaluate.default_protocol(224, 2) == (448, 448, 224)
+    with pytest.raises(ValueError, match="test_scale"):
+        evaluate.default_protocol(64, 0.0)
+    import demo
+    from mgca_jax import inference
+    c = demo.get_config()
+    assert inference.config_protocol(c) == (128, 128, 64)          # the shipped default: 2
+    c.eval.test_scale = 1.0
+    assert inference.config_protocol(c) == (64, 64, 32)
+    del c.eval["test_scale"]                                       # a config from before the field
+    assert inference.config_protocol(c) == (128, 128, 64)
 
 
 def test_unit_examples_keep_the_largest_gains_and_losses():
