@@ -259,6 +259,24 @@ def _miou(preds, gts):
     return (np.diag(conf)[scored] / union[scored]).mean()
 
 
+def _pixel_unit_miou_on_atypical_scenes(workdir, **protocol_config):
+    """The float64 mIoU of the run's pixel unit (its bg_thresh and templates) over the 64
+    atypical scenes drawn straight from the generator, with a Segmenter built by hand."""
+    from mgca_jax import checkpoints, inference
+    from mgca_jax.evaluation import protocol, zeroshot
+    loaded = checkpoints.load(str(workdir), None)
+    tok = checkpoints.load_tokenizer(loaded.config)
+    emb = zeroshot.class_embeddings(loaded.model, loaded.params, tok, scenes.CLASS_NAMES,
+                                    protocol.get_templates(loaded.config.eval.templates),
+                                    loaded.config.input.max_len)
+    seg = inference.Segmenter(loaded.model, loaded.params, emb, units=("pixel",),
+                              protocol_config=inference.ProtocolConfig(**protocol_config),
+                              bg_thresh=loaded.config.eval.bg_thresh, windows_per_device=2)
+    exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(64)]
+    preds = [p[0] for p in seg.segment([e["image"] for e in exs])]
+    return _miou(preds, [e["mask"] for e in exs])
+
+
 def test_evaluate_scores_the_atypical_split(trained, tmp_path):
     """The pixel unit's mIoU from `evaluate --dataset=embedded_atypical` equals a float64
     re-count over the atypical scenes drawn straight from the generator."""
@@ -271,20 +289,8 @@ def test_evaluate_scores_the_atypical_split(trained, tmp_path):
     rec = json.loads(out.read_text())["results"]["embedded_atypical"]
     assert rec["num_images"] == 64 and "validation_atypical" in rec["title"]
 
-    from mgca_jax import checkpoints, inference
-    from mgca_jax.evaluation import protocol, zeroshot
-    loaded = checkpoints.load(str(wd), None)
-    tok = checkpoints.load_tokenizer(loaded.config)
-    emb = zeroshot.class_embeddings(loaded.model, loaded.params, tok, scenes.CLASS_NAMES,
-                                    protocol.get_templates(loaded.config.eval.templates),
-                                    loaded.config.input.max_len)
-    seg = inference.Segmenter(loaded.model, loaded.params, emb, units=("pixel",),
-                              protocol_config=inference.ProtocolConfig(short_side=48, crop=48, stride=16),
-                              bg_thresh=loaded.config.eval.bg_thresh, windows_per_device=2)
-    exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(64)]
-    preds = [p[0] for p in seg.segment([e["image"] for e in exs])]
-    assert rec["units"]["pixel"]["miou"] == pytest.approx(_miou(preds, [e["mask"] for e in exs]),
-                                                          abs=1e-6)
+    assert rec["units"]["pixel"]["miou"] == pytest.approx(
+        _pixel_unit_miou_on_atypical_scenes(wd, short_side=48, crop=48, stride=16), abs=1e-6)
 
     proc = _run("-m", "mgca_jax.evaluate", f"--workdir={wd}", "--dataset=embedded_atypicl",
                 f"--data_dir={data}")
@@ -311,20 +317,8 @@ def test_evaluate_and_export_follow_the_runs_test_scale(trained, tmp_path):
     rec = json.loads(out.read_text())["results"]["embedded_atypical"]
     assert (rec["protocol"]["short_side"], rec["protocol"]["crop"], rec["protocol"]["stride"]) == (32, 32, 16)
 
-    from mgca_jax import checkpoints, inference
-    from mgca_jax.evaluation import protocol, zeroshot
-    loaded = checkpoints.load(str(run), None)
-    tok = checkpoints.load_tokenizer(loaded.config)
-    emb = zeroshot.class_embeddings(loaded.model, loaded.params, tok, scenes.CLASS_NAMES,
-                                    protocol.get_templates(loaded.config.eval.templates),
-                                    loaded.config.input.max_len)
-    seg = inference.Segmenter(loaded.model, loaded.params, emb, units=("pixel",),
-                              protocol_config=inference.ProtocolConfig(short_side=32, crop=32, stride=16),
-                              bg_thresh=loaded.config.eval.bg_thresh)
-    exs = [scenes.make_example(ATYPICAL_SEED, i, 32, "atypical") for i in range(64)]
-    preds = [p[0] for p in seg.segment([e["image"] for e in exs])]
-    assert rec["units"]["pixel"]["miou"] == pytest.approx(_miou(preds, [e["mask"] for e in exs]),
-                                                          abs=1e-6)
+    assert rec["units"]["pixel"]["miou"] == pytest.approx(
+        _pixel_unit_miou_on_atypical_scenes(run, short_side=32, crop=32, stride=16), abs=1e-6)
 
     proc = _run("-m", "mgca_jax.export", f"--workdir={run}", f"--out={tmp_path / 'export'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
