@@ -201,7 +201,7 @@ MUTANTS: tuple[Mutant, ...] = (
       ("tests/test_atypical_split.py::test_evaluate_dataset_keys_name_their_splits",),
       "every embedded --dataset key scores the run's eval_split (a tune-trained run's 'validation' is tune)"),
     M("evaluate_ignores_test_scale", "mgca_jax/evaluate.py",
-      "defaults = inference.config_protocol(config) if job.train_size else default_protocol()",
+      "defaults = default_protocol(job.train_size, scale) if job.train_size else default_protocol()",
       "defaults = default_protocol(job.train_size) if job.train_size else default_protocol()",
       ("tests/test_atypical_split.py::test_evaluate_and_export_follow_the_runs_test_scale",),
       "evaluate scores the embedded world at the field's scale whatever config.eval.test_scale says"),

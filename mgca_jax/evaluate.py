@@ -194,7 +194,8 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
     """Runs every unit of `units` over the job's images; returns its JSON record."""
     config = loaded.config
     # embedded: the model's own protocol (config.eval.test_scale x its training size)
-    defaults = inference.config_protocol(config) if job.train_size else default_protocol()
+    scale = config.eval.get("test_scale", inference.FIELD_TEST_SCALE)
+    defaults = default_protocol(job.train_size, scale) if job.train_size else default_protocol()
     pcfg = cli_utils.protocol_config(args, *defaults)
     bg = cli_utils.parse_bg_thresh(args.bg_thresh, config.eval.bg_thresh if job.has_background else None)
     seg = inference.make_segmenter(loaded.model, loaded.params, tokenizer, job.class_names, templates,
