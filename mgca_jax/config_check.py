@@ -2,7 +2,7 @@
 import math
 import os
 
-from mgca_jax import losses
+from mgca_jax import inference, losses
 from mgca_jax.models import text as text_models
 from mgca_jax.models import vit
 
@@ -82,7 +82,7 @@ def check_config(config, num_devices: int) -> None:
         v = loss.get(field, 0.5)
         if not _is_number(v) or not 0 < v <= 1:
             raise ConfigError(f"config.loss.{field}: expected a fraction in (0, 1], got {v!r}")
-    scale = config.eval.get("test_scale", 2.0) if "eval" in config else 2.0
+    scale = inference.config_test_scale(config)
     if not _is_number(scale) or scale <= 0:
         raise ConfigError(f"config.eval.test_scale: expected a positive number, got {scale!r}")
     check_shapes(config)

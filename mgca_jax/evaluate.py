@@ -194,7 +194,7 @@ def evaluate_job(job, loaded, tokenizer, templates, units, args, ucfg, png=None)
     """Runs every unit of `units` over the job's images; returns its JSON record."""
     config = loaded.config
     # embedded: the model's own protocol (config.eval.test_scale x its training size)
-    scale = config.eval.get("test_scale", inference.FIELD_TEST_SCALE)
+    scale = inference.config_test_scale(config)
     defaults = default_protocol(job.train_size, scale) if job.train_size else default_protocol()
     pcfg = cli_utils.protocol_config(args, *defaults)
     bg = cli_utils.parse_bg_thresh(args.bg_thresh, config.eval.bg_thresh if job.has_background else None)

@@ -69,8 +69,7 @@ class ProtocolConfig:
     stride: int = 224
 
 
-FIELD_TRAIN_SIZE = 224     # the field trains at 224 and scores with ProtocolConfig()
-FIELD_TEST_SCALE = 2.0     # 448 / 224: the field's short side and window over its training size
+FIELD_TEST_SCALE = 2.0     # the field trains at 224 and scores with ProtocolConfig(): 448 / 224
 
 
 def default_protocol(train_size: int | None = None,
@@ -87,11 +86,15 @@ def default_protocol(train_size: int | None = None,
     return side, side, max(side // 2, 1)
 
 
+def config_test_scale(config) -> float:
+    """`config.eval.test_scale`; the field's 2 for configs from before the field."""
+    return config.eval.get("test_scale", FIELD_TEST_SCALE) if "eval" in config else FIELD_TEST_SCALE
+
+
 def config_protocol(config) -> tuple[int, int, int]:
-    """(short side, crop, stride) for a model trained with `config`: `config.eval.test_scale`
-    (absent in older configs: the field's 2) times its training size."""
-    scale = config.eval.get("test_scale", FIELD_TEST_SCALE) if "eval" in config else FIELD_TEST_SCALE
-    return default_protocol(int(config.input.image_size), scale)
+    """(short side, crop, stride) for a model trained with `config`: its test scale times its
+    training size."""
+    return default_protocol(int(config.input.image_size), config_test_scale(config))
 
 
 # --------------------------------------------------------------------------- units
