@@ -3,7 +3,8 @@
 Runs under the peer interpreter (torch + open_clip; README "Throughput"), never the
 project's. Builds open_clip's CLIP at the given dimensions (ViT without class
 token, mean pooling; text tower with open_clip's causal mask and EOS pooling),
-warms up (and compiles, --mode compile), then reads one integer n per stdin line,
+warms up (and compiles, --mode compile), on --device (cpu, or cuda for
+benchmarks/device_step.py, with --bf16 autocast), then reads one integer n per stdin line,
 runs n training steps on a fixed random batch and answers one JSON line
 {"seconds": ...}; a line "parts R" answers {"parts": {part: median seconds of R calls}}
 for the eager forward + backward of each tower, the loss and the optimizer update. The
@@ -91,6 +92,15 @@ def main():
     ap.add_argument("--max_len", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--embed_dim", type=int, default=128)
+    # tower dimensions: the project's "mu" variants unless given (benchmarks/device_step.py
+    # passes those of its config)
+    for tower, layers in (("image", 4), ("text", 3)):
+        ap.add_argument(f"--{tower}_width", type=int, default=128)
+        ap.add_argument(f"--{tower}_layers", type=int, default=layers)
+        ap.add_argument(f"--{tower}_heads", type=int, default=4)
+        ap.add_argument(f"--{tower}_mlp", type=int, default=384)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast, float32 weights (open_clip's amp_bf16)")
     args = ap.parse_args()
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
 
@@ -105,23 +115,28 @@ def main():
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(0)
-    vision = CLIPVisionCfg(layers=4, width=128, head_width=32, mlp_ratio=3.0, patch_size=args.patch,
+    vision = CLIPVisionCfg(layers=args.image_layers, width=args.image_width,
+                           head_width=args.image_width // args.image_heads,
+                           mlp_ratio=args.image_mlp / args.image_width, patch_size=args.patch,
                            image_size=args.image_size, pool_type="avg", no_ln_pre=True)
-    text = CLIPTextCfg(context_length=args.max_len, vocab_size=args.vocab, width=128, heads=4,
-                       layers=3, mlp_ratio=3.0)
-    model = CLIP(args.embed_dim, vision, text)
+    text = CLIPTextCfg(context_length=args.max_len, vocab_size=args.vocab, width=args.text_width,
+                       heads=args.text_heads, layers=args.text_layers,
+                       mlp_ratio=args.text_mlp / args.text_width)
+    device = torch.device(args.device)
+    model = CLIP(args.embed_dim, vision, text).to(device)
     model.train()
     loss_fn = ClipLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g)
-    tokens = torch.randint(4, args.vocab, (args.batch, args.max_len), generator=g)
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(device)
+    tokens = torch.randint(4, args.vocab, (args.batch, args.max_len), generator=g).to(device)
 
     def forward_loss():
-        out = model(images, tokens)
-        if isinstance(out, dict):
-            out = (out["image_features"], out["text_features"], out["logit_scale"])
-        return loss_fn(out[0], out[1], out[2])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            out = model(images, tokens)
+            if isinstance(out, dict):
+                out = (out["image_features"], out["text_features"], out["logit_scale"])
+            return loss_fn(out[0], out[1], out[2])
 
     fwd = torch.compile(forward_loss) if args.mode == "compile" else forward_loss
 
@@ -140,7 +155,8 @@ def main():
         sys.exit("peer: non-finite loss")
     print(json.dumps({"params": sum(p.numel() for p in model.parameters()),
                       "torch": torch.__version__, "open_clip": open_clip.__version__,
-                      "threads": torch.get_num_threads(), "warmup_s": warmup}), flush=True)
+                      "threads": torch.get_num_threads(), "warmup_s": warmup,
+                      "device": str(device), "bf16": args.bf16}), flush=True)
     for line in sys.stdin:
         if line.startswith("parts"):
             print(json.dumps({"parts": time_parts(model, loss_fn, opt, images, tokens,

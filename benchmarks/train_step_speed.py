@@ -132,7 +132,8 @@ def random_batch(config, seed=0):
 
 
 class ProjectStep:
-    """The trainer's jitted step on a fixed batch; `run(n)` returns seconds for n steps."""
+    """The trainer's jitted step on a fixed batch, compiled once (`compiled`: XLA's cost and
+    memory analyses); `run(n)` returns seconds for n steps."""
 
     def __init__(self, config):
         import jax
@@ -154,6 +155,7 @@ class ProjectStep:
         with jax.set_mesh(self.mesh):
             self.state = jax.jit(init, out_shardings=state_sh)()
             t = time.perf_counter()
+            self.compiled = self.step_fn.lower(self.state, self.batch, self.rng).compile()
             self.run(1)
             self.compile_s = time.perf_counter() - t
         self.n_params = sum(x.size for x in jax.tree.leaves(self.state["params"]))
@@ -162,7 +164,7 @@ class ProjectStep:
         with self.jax.set_mesh(self.mesh):
             t = time.perf_counter()
             for _ in range(n):
-                self.state, metrics = self.step_fn(self.state, self.batch, self.rng)
+                self.state, metrics = self.compiled(self.state, self.batch, self.rng)
             loss = float(metrics["loss"])
             if loss != loss:
                 raise FloatingPointError("project step: non-finite loss")
@@ -172,12 +174,12 @@ class ProjectStep:
 class Peer:
     """benchmarks/train_step_peer.py in a subprocess, driven one command per line."""
 
-    def __init__(self, python, args, mode):
+    def __init__(self, python, args, mode, extra=()):
         cmd = [python, os.path.join(ROOT, "benchmarks", "train_step_peer.py"), "--mode", mode,
                "--threads", str(args.threads), "--batch", str(args.batch),
                "--image_size", str(args.image_size), "--patch", args.image_variant.split("/")[1],
                "--max_len", str(args.max_len), "--vocab", str(args.vocab),
-               "--embed_dim", str(args.embed_dim)]
+               "--embed_dim", str(args.embed_dim), *extra]
         self.mode = mode
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = self._read()
@@ -273,8 +275,7 @@ def op_profile(step, steps):
     import re
     import tempfile
     jax = step.jax
-    with jax.set_mesh(step.mesh):
-        hlo = step.step_fn.lower(step.state, step.batch, step.rng).compile().as_text()
+    hlo = step.compiled.as_text()
     ops = {}
     for line in hlo.splitlines():
         m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) .*?op_name="([^"]+)"', line)

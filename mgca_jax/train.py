@@ -8,6 +8,10 @@ mesh; the loss terms gather negatives across devices inside `jax.shard_map`
 (mgca_jax/losses.py). Checkpoints go to WORKDIR/checkpoints through orbax,
 which writes each step into a temporary directory and renames it when
 complete, so a crash never leaves a checkpoint that gets restored half-written.
+
+The step's pieces (make_optimizer ... jit_train_step) import no TensorFlow or clu: the
+data side and the metric writer are imported where the loop needs them, so the step runs
+where only jax, flax, optax and orbax are installed (benchmarks/device_step.py).
 """
 import dataclasses
 import json
@@ -18,11 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
-from clu import metric_writers
 
 from mgca_jax import faults, inference, losses, sharding
 from mgca_jax.config_check import check_config, check_vocab
-from mgca_jax.data import input_pipeline
 from mgca_jax.evaluation import protocol, zeroshot
 from mgca_jax.models.two_tower import make_model
 
@@ -118,6 +120,7 @@ def _fmt_seconds(s):
 
 def setup(config):
     """Validated config, builder, tokenizer, model, optimizer, mesh: shared by train and tools."""
+    from mgca_jax.data import input_pipeline
     check_config(config, jax.device_count())
     if not config.data_dir:
         config.data_dir = os.path.abspath("data")
@@ -132,6 +135,7 @@ def setup(config):
 
 def eval_class_names(config):
     """Class names for zero-shot evaluation: config.eval.class_names or the data set's."""
+    from mgca_jax.data import input_pipeline
     if config.eval.class_names:
         return tuple(n.strip() for n in config.eval.class_names.split(","))
     if config.data.name == input_pipeline.EMBEDDED:
@@ -144,6 +148,7 @@ def eval_splits(config, builder):
     """The splits the trainer scores: config.data.eval_split, then, for the embedded
     world, its atypical-colour partner (validation -> validation_atypical, tune ->
     tune_atypical), where only shape tells the class."""
+    from mgca_jax.data import input_pipeline
     splits = [config.data.eval_split]
     if config.data.name == input_pipeline.EMBEDDED:
         from mgca_jax.data.scenes_builder import ATYPICAL_PARTNER
@@ -172,6 +177,7 @@ def evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writ
 
 
 def _evaluate(config, workdir, model, params, builder, ctx, tokenizer, step, writer):
+    from mgca_jax.data import input_pipeline
     class_names = eval_class_names(config)
     pcfg = eval_protocol(config)
     segmenter = inference.make_segmenter(
@@ -223,6 +229,9 @@ def train_and_evaluate(config, workdir):
 
 
 def _train(config, workdir, builder, tokenizer, model, tx, schedule, init, abstract):
+    from clu import metric_writers
+
+    from mgca_jax.data import input_pipeline
     ctx = input_pipeline.make_context(config, tokenizer)
     mesh = sharding.make_mesh()
     state_sh = sharding.state_shardings(abstract, mesh, config.sharding.params)

@@ -190,3 +190,67 @@ def test_train_step_speed_prints_rates_and_breakdown():
                          timeout=120, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --batch: must be positive, got 0"], bad.stderr
+
+
+@pytest.mark.parametrize("variant,size,text_variant,max_len", [("mu/8", 64, "mu", 32), ("Ti/16", 96, "S", 20)])
+def test_device_step_model_flops_match_xla_cost_analysis(variant, size, text_variant, max_len):
+    """The MFU's numerator, counted by hand from the config, against XLA's count of the same
+    forward passes: XLA also counts the elementwise ops (norms, GELU, softmax), 1-2 % here."""
+    import jax.numpy as jnp
+    from mgca_jax.models.two_tower import make_model
+    device_step = _load("device_step")
+    c = device_step.load_config(os.path.join(ROOT, "configs", "demo.py"), 4)
+    c.model.attention_radius = ""
+    c.model.image_variant, c.input.image_size = variant, size
+    c.model.text_variant, c.input.max_len, c.input.object_max_len = text_variant, max_len, 8
+    model, b = make_model(c), 2
+    images = jnp.zeros((b, size, size, 3))
+    tokens = jnp.ones((b, max_len), jnp.int32)
+    prompts = jnp.ones((b * c.input.num_objects, 8), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), {"image": images, "tokens": tokens})["params"]
+
+    def xla_flops(method, x):
+        cost = jax.jit(lambda p, x: model.apply({"params": p}, x, method=method)).lower(
+            params, x).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"] / b
+
+    counted = device_step.model_flops(c)
+    for part, method, x in (("image tower", model.encode_image, images),
+                            ("text tower (captions)", model.encode_text, tokens),
+                            ("text tower (object prompts)", model.encode_prompts, prompts)):
+        assert 1.0 <= xla_flops(method, x) / counted[part] <= 1.03, part
+
+
+def test_device_step_runs_where_tensorflow_and_clu_are_missing(tmp_path):
+    """The device image has jax, flax, optax and orbax but no TensorFlow, tensorflow-datasets
+    or clu: with those blocked, the prepared GPU script runs the cc3m config's step (smoke
+    dims) on CPU and writes figures that agree with each other."""
+    import json
+    import subprocess
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "sitecustomize.py").write_text(
+        "import sys\nfor m in ('tensorflow', 'tensorflow_datasets', 'clu', 'tensorflow_text'):\n"
+        "    sys.modules[m] = None\n")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", MGCA_SMOKE="1",
+               PYTHONPATH=str(tmp_path / "block"))
+    script = os.path.join(ROOT, "benchmarks", "device_step.py")
+    proc = subprocess.run([sys.executable, script, "--config", os.path.join(ROOT, "configs", "cc3m.py"),
+                           "--batches=8", "--steps=1", "--repeats=1", "--matmul=128", "--copy_mb=4",
+                           "--peak_tflops=0.5", f"--out={tmp_path}"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "device_step.json").read_text())
+    assert report["backend"] == "cpu" and set(report["ceilings"]) == {"matmul_bf16_tflops", "copy_gb_s"}
+    (r,) = report["project"]
+    assert r["batch"] == 8 and r["image_variant"] == "mu/8" and len(r["terms"]) == 5
+    assert r["images_s"] == pytest.approx(8 / r["step_s"])
+    assert r["model_flops_step"] == 3 * 8 * sum(r["model_flops_per_image_fwd"].values())
+    assert r["mfu"] == pytest.approx(r["model_flops_step"] / r["step_s"] / 0.5e12)
+    # XLA's count of the whole step adds the loss terms, elementwise ops and AdamW
+    assert r["xla_flops_step"] > r["model_flops_step"] > 0
+    assert r["step_temp_bytes"] > r["loss_temp_bytes"] > 0
+    assert "| mgca_jax (mu/8, float32, 5 terms) | 8 |" in proc.stdout, proc.stdout
+    bad = subprocess.run([sys.executable, script, "--batches=8,x"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
+        "error: --batches: comma-separated integers, got '8,x'"), bad.stderr

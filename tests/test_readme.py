@@ -4,8 +4,9 @@ The commands run in order, each in a fresh `bash` in a copy of the repository, w
 environment variables the README documents: `MGCA_SMOKE=1` (configs shrink to a smoke run) and
 `SHARED` (the shared folder of "Training on CC3M"). Tools that need the network or a cluster are
 stubs on PATH that record their arguments; the test checks those flags and files afterwards:
-`pip`, `gcloud`, `sbatch`, and `img2dataset`, whose stub also "downloads" the caption TSV into
-webdataset tars (images made from the URL, bad samples planted). Benchmark layouts are written
+`pip` (install and download), `gcloud`, `sbatch`, and `img2dataset`, whose stub also
+"downloads" the caption TSV into webdataset tars (images made from the URL, bad samples
+planted). The GPU check (`benchmarks/device_check.sh`) runs on CPU at its smoke size. Benchmark layouts are written
 here from the layouts the README and the readers' docstring name, not with the readers' code.
 
 A command that fails names its README line. `$ ` lines in an indented block are commands whose
@@ -276,6 +277,11 @@ def check_stub_call(call, cwd: Path):
         assert _flag_names(args[:script]) <= SBATCH_FLAGS, call
         assert (cwd / args[script]).is_file(), call
         check_trainer_flags(args[script + 1:], cwd)
+    elif tool == "pip" and args[0] == "download":      # benchmarks/device_check.sh --fetch_wheels
+        assert {"--no-deps", "--only-binary=:all:", "-d"} <= set(args), call
+        pins = dict(a.split("==") for a in args if "==" in a)
+        assert {"ml_collections", "open_clip_torch", "ftfy"} <= set(pins), call
+        assert f"ml_collections=={pins['ml_collections']}" in (cwd / "setup.py").read_text(), call
     elif tool == "pip":
         assert args[0] == "install", call
         if "-c" in args:
